@@ -1,0 +1,54 @@
+"""The `l2g` command: one subcommand per pipeline stage.
+
+Each stage lives in its own module with `configure(parser)` (its options) and `run(args)`.
+Modules are imported only when their subcommand runs, so `l2g --help` stays fast (no torch).
+A user mistake (L2GError) prints one line and exits 1; argparse usage errors exit 2.
+"""
+
+import argparse
+import importlib
+import sys
+
+from l2g_core import __version__
+from l2g_core.errors import L2GError
+
+# (subcommand, module, one-line help), in pipeline order.
+STAGES = (
+    ("make-synthetic", "l2g_core.stages.make_synthetic", "generate the synthetic demo dataset (VOC layout)"),
+    ("prepare-coco", "l2g_core.stages.prepare_coco", "convert MS COCO 2014 instances to the VOC layout"),
+    ("prepare", "l2g_core.stages.prepare", "check a dataset and write its manifest and image-level labels"),
+)
+
+
+def build_parser(modules=None):
+    parser = argparse.ArgumentParser(
+        prog="l2g", description="L2G weakly supervised semantic segmentation, one stage at a time.")
+    parser.add_argument("--version", action="version", version=f"l2g {__version__}")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, module_name, help_text in STAGES:
+        stage_parser = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        if modules is None or name in modules:
+            module = importlib.import_module(module_name)
+            module.configure(stage_parser)
+            stage_parser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    # Import only the module of the chosen stage (a bare `l2g --help` imports none).
+    chosen = [name for name, _, _ in STAGES if name in argv[:1]]
+    args = build_parser(modules=chosen).parse_args(argv)
+    try:
+        args.run(args)
+    except L2GError as error:
+        print(f"l2g {args.stage}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"l2g {args.stage}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Atomic file output: every file appears under its final name only when complete."""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path in the same folder; rename it to `path` only on success.
+
+    Same folder, so the rename is atomic on POSIX file systems; a killed writer leaves at most a
+    hidden `.tmp` file behind, never a file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def voc_palette():
+    """The PASCAL VOC colour map (256 RGB entries, bit-interleaved), index 255 included."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        c, r, g, b = index, 0, 0, 0
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+_PALETTE = voc_palette().flatten().tolist()
+
+
+def write_label_png(path, label):
+    """Write a class-index map (uint8, 255 = ignore) as a single-channel palette PNG."""
+    image = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
+    image.putpalette(_PALETTE)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def write_gray_png(path, array):
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(array, dtype=np.uint8), mode="L").save(tmp, format="PNG")
+
+
+def write_jpeg(path, rgb, quality=90):
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB").save(tmp, format="JPEG", quality=quality)

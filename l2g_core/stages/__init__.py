@@ -1,0 +1,1 @@
+"""One module per `l2g` subcommand: `configure(parser)` and `run(args)`."""

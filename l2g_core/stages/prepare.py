@@ -1,0 +1,156 @@
+"""`l2g prepare`: check a dataset in the VOC layout; write its manifest, split lists and labels.
+
+Outputs, beside `--out manifest.json`:
+    labels.json     {id: [mask class indices]} for every listed image
+    {split}.txt     the ids each later stage uses (training images without a class removed,
+                    or refused, as --empty-images says)
+    manifest.json   written last: dataset name, root, classes, counts, ground truth, saliency
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from l2g_core import __version__
+from l2g_core.data.classes import CLASSES_BY_KIND
+from l2g_core.data.layout import IGNORE_INDEX, VOCLayout, labels_from_mask
+from l2g_core.errors import L2GError
+from l2g_core.io_utils import write_json, write_text
+
+
+def configure(parser):
+    parser.add_argument("--name", required=True, help="dataset name (demo, voc, coco, ...)")
+    parser.add_argument("--kind", required=True, choices=sorted(CLASSES_BY_KIND), help="class set of the dataset")
+    parser.add_argument("--root", required=True, help="dataset root in the VOC layout")
+    parser.add_argument("--split", action="append", required=True, metavar="ROLE=LIST",
+                        help="a split: role (train or val) = list name under ImageSets/Segmentation "
+                             "or a .txt path; repeat for each split")
+    parser.add_argument("--empty-images", choices=("skip", "error"), default="skip",
+                        help="training images with no foreground class: skip them (counted in the "
+                             "manifest) or refuse the dataset (default skip)")
+    parser.add_argument("--out", required=True, help="manifest.json to write; the rest goes beside it")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="threads reading masks")
+
+
+def parse_splits(items):
+    splits = {}
+    for item in items:
+        role, sep, name = item.partition("=")
+        if not sep or not role or not name:
+            raise L2GError(f"--split {item!r}: expected ROLE=LIST, e.g. train=train_aug")
+        if role in splits:
+            raise L2GError(f"--split: role {role!r} given twice")
+        splits[role] = name
+    if "train" not in splits:
+        raise L2GError("--split: a train split is required (e.g. --split train=train_aug)")
+    return splits
+
+
+def check_unique(ids, list_path):
+    seen = set()
+    for image_id in ids:
+        if image_id in seen:
+            raise L2GError(f"{list_path}: id {image_id} is listed twice")
+        seen.add(image_id)
+
+
+def check_images(layout, ids):
+    for image_id in ids:
+        if not layout.image_path(image_id).is_file():
+            raise L2GError(f"{layout.image_path(image_id)}: image listed but missing")
+
+
+def read_checked_mask(layout, image_id, num_classes):
+    """The mask of one image after checking its size against the image and its values."""
+    mask = layout.load_mask(image_id)
+    with Image.open(layout.image_path(image_id)) as image:
+        width, height = image.size
+    if mask.shape != (height, width):
+        raise L2GError(f"{layout.mask_path(image_id)}: mask is {mask.shape[1]}x{mask.shape[0]} "
+                       f"but its image is {width}x{height}")
+    bad = (mask > num_classes) & (mask != IGNORE_INDEX)
+    if bad.any():
+        raise L2GError(f"{layout.mask_path(image_id)}: mask value {int(mask[bad][0])} is outside "
+                       f"0..{num_classes} and not {IGNORE_INDEX} (ignore)")
+    return mask
+
+
+def labels_for_split(layout, ids, num_classes, stored, workers):
+    """Image-level labels: from ROOT/cls_labels.json where it has the id, else from the mask."""
+    missing = [i for i in ids if stored is None or i not in stored]
+    labels = {i: stored[i] for i in ids if stored is not None and i in stored}
+    for image_id in missing:
+        if not layout.mask_path(image_id).is_file():
+            raise L2GError(f"{layout.mask_path(image_id)}: no mask and no entry in cls_labels.json, "
+                           f"so image {image_id} has no image-level labels")
+
+    def from_mask(image_id):
+        return image_id, labels_from_mask(read_checked_mask(layout, image_id, num_classes), num_classes)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for image_id, present in tqdm(pool.map(from_mask, missing), total=len(missing),
+                                      desc="labels from masks", unit="img", mininterval=1.0,
+                                      disable=not missing):
+            labels[image_id] = present
+    for image_id, present in labels.items():
+        if any(not 1 <= c <= num_classes for c in present):
+            raise L2GError(f"cls_labels.json: image {image_id} has a class outside 1..{num_classes}")
+    return labels
+
+
+def run(args):
+    splits = parse_splits(args.split)
+    layout = VOCLayout(args.root)
+    class_names = list(CLASSES_BY_KIND[args.kind])
+    num_classes = len(class_names)
+    stored = layout.stored_labels()
+    out_dir = Path(args.out).parent
+    has_saliency = layout.has_saliency()
+    labels, split_info, lists = {}, {}, {}
+    for role, name in splits.items():
+        list_path = layout.split_path(name)
+        ids = layout.ids(name)
+        check_unique(ids, list_path)
+        check_images(layout, ids)
+        has_gt = all(layout.mask_path(i).is_file() for i in ids)
+        labels.update(labels_for_split(layout, ids, num_classes, stored, args.workers))
+        if has_saliency and role == "train":
+            for image_id in ids:
+                if not layout.saliency_path(image_id).is_file():
+                    raise L2GError(f"{layout.saliency_path(image_id)}: saliency map missing "
+                                   f"(the Sal folder exists, so every training image needs one)")
+        kept = ids
+        if role == "train":
+            empty = [i for i in ids if not labels[i]]
+            if empty and args.empty_images == "error":
+                raise L2GError(f"{list_path}: image {empty[0]} has no foreground class "
+                               f"({len(empty)} such images; set empty_images: skip to leave them out)")
+            if empty:
+                print(f"warning: skipping {len(empty)} training images without a foreground class")
+            kept = [i for i in ids if labels[i]]
+        lists[role] = kept
+        split_info[role] = {
+            "source": str(list_path.resolve()), "list": str((out_dir / f"{role}.txt").resolve()),
+            "num_images": len(kept), "skipped_without_class": len(ids) - len(kept),
+            "has_ground_truth": has_gt,
+        }
+    for role, kept in lists.items():
+        write_text(out_dir / f"{role}.txt", "\n".join(kept) + "\n")
+    write_json(out_dir / "labels.json", {i: labels[i] for ids in lists.values() for i in ids})
+    counts = np.zeros(num_classes, dtype=int)
+    for image_id in lists["train"]:
+        for c in labels[image_id]:
+            counts[c - 1] += 1
+    write_json(args.out, {
+        "name": args.name, "kind": args.kind, "root": str(layout.root.resolve()),
+        "class_names": class_names, "num_classes": num_classes, "has_saliency": has_saliency,
+        "labels": str((out_dir / "labels.json").resolve()), "splits": split_info,
+        "train_images_per_class": dict(zip(class_names, counts.tolist())),
+        "l2g_version": __version__,
+    })
+    print(f"{args.name}: " + ", ".join(f"{r} {len(v)} images" for r, v in lists.items())
+          + f", {num_classes} classes, saliency {'yes' if has_saliency else 'no'}")
