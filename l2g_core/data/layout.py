@@ -33,8 +33,9 @@ def read_split_list(path):
     ids = []
     for line in path.read_text().splitlines():
         tokens = line.split()
-        if tokens:
-            ids.append(Path(tokens[0]).stem)
+        if tokens:  # a path such as /JPEGImages/ID.jpg gives its stem; a plain id stays whole
+            first = tokens[0]
+            ids.append(Path(first).stem if "/" in first or first.endswith((".jpg", ".png")) else first)
     if not ids:
         raise L2GError(f"{path}: split list is empty")
     return ids

@@ -253,7 +253,8 @@ def render_image(seed, split, index, size):
     gain, offset = rng.uniform(0.8, 1.15), rng.uniform(-20, 20)
     rgb = np.clip(canvas.rgb * gain + offset, 0, 255).astype(np.uint8)
     label = _ignore_borders(canvas.label)
-    present = sorted(int(c) for c in np.unique(canvas.label) if c != 0)
+    # Labels from the final mask, as VOC's are: a sliver lost in the void band is no label.
+    present = sorted(int(c) for c in np.unique(label) if c not in (0, IGNORE_INDEX))
     return rgb, label, _saliency(canvas), present
 
 

@@ -1,0 +1,18 @@
+# l2g-pipeline: L2G weakly supervised semantic segmentation as a Snakemake DAG.
+# Targets are paths: results/{dataset}/... with dataset a key of config["datasets"].
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        "results/demo/data/manifest.json",
+    default_target: True

@@ -1,0 +1,89 @@
+"""The pipeline configuration: loading, schema validation, one-line errors.
+
+The schema (workflow/schemas/config.schema.yaml) is the single description of every key; this
+module turns jsonschema's verdicts into one line that names the key and the fix.
+"""
+
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from l2g_core.errors import L2GError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_yaml(path, what="config"):
+    path = Path(path)
+    if not path.is_file():
+        raise L2GError(f"{path}: {what} file not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise L2GError(f"{path}: not valid YAML{where}") from None
+
+
+def _key_path(error):
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+def _describe(error):
+    """One line for one jsonschema error, phrased for someone editing config.yaml."""
+    where = _key_path(error)
+    kind = error.validator
+    if kind == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"{where}: unknown key {unknown[0]!r}{hint}"
+    if kind == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"{where}: expected {expected}, got {error.instance!r}"
+    if kind == "enum":
+        return f"{where}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        relation = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
+        return f"{where}: {error.instance!r} is out of range (must be {relation} {error.validator_value})"
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return f"{where}: missing key {missing[0]!r}"
+    if kind == "minItems":
+        return f"{where}: needs at least {error.validator_value} item(s)"
+    return f"{where}: {error.message}"
+
+
+def validate_config(config, schema_path=SCHEMA_PATH):
+    """Check `config` against the schema and the file system; raise L2GError with one line."""
+    schema = load_yaml(schema_path, "schema")
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise L2GError(_describe(error))
+    for name, dataset in config["datasets"].items():
+        check_dataset(name, dataset)
+
+
+def check_dataset(name, dataset):
+    kind, root = dataset["kind"], dataset.get("root")
+    if kind == "synthetic":
+        if root is not None:
+            raise L2GError(f"datasets.{name}.root: a synthetic dataset is generated under "
+                           f"results/{name}/; remove the root setting")
+        if "synthetic" not in dataset:
+            raise L2GError(f"datasets.{name}: missing key 'synthetic' (train, val, size, seed)")
+    elif root is not None and not Path(root).is_dir():
+        raise L2GError(f"datasets.{name}.root: folder {root} does not exist; set it to the folder "
+                       f"holding JPEGImages/ and SegmentationClassAug/")
+
+
+def require_root(config, name):
+    """The root of a real dataset, or an error saying how to set it (used when it is targeted)."""
+    root = config["datasets"][name].get("root")
+    if root is None:
+        raise L2GError(f"datasets.{name}.root is not set; point it at your copy in config/config.yaml "
+                       f"or with --config 'datasets={{{name}: {{root: /path/to/data}}}}'")
+    return root

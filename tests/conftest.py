@@ -1,0 +1,41 @@
+"""Shared helpers: the repository root and a Snakemake runner on a scratch working directory."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def tiny_config(**demo_overrides):
+    """The shipped config with the demo shrunk to seconds of CPU work."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["datasets"]["demo"]["synthetic"] = {"train": 12, "val": 4, "size": 64, "seed": 0}
+    config["datasets"]["demo"].update(demo_overrides)
+    return config
+
+
+def run_snakemake(workdir, *args, config=None, check=True):
+    """Run the repository's Snakefile in `workdir` with `config` written to workdir/config.yaml."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config if config is not None else tiny_config()))
+    command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(config_path), "--workflow-profile", str(REPO / "profiles" / "default"),
+               *args]
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture
+def snakemake_runner():
+    return run_snakemake

@@ -1,0 +1,42 @@
+# Stage 0: the dataset (generated for synthetic datasets), its checks and its manifest.
+
+
+rule make_synthetic:
+    output:
+        directory("results/{dataset}/data/synthetic"),
+    wildcard_constraints:
+        dataset=one_of(SYNTHETIC),
+    params:
+        gen=lambda wc: DATASETS[wc.dataset]["synthetic"],
+    log:
+        "results/{dataset}/logs/make_synthetic.log",
+    benchmark:
+        "results/{dataset}/benchmarks/make_synthetic.tsv"
+    threads: 2
+    shell:
+        "l2g make-synthetic {output} --train {params.gen[train]} --val {params.gen[val]}"
+        " --size {params.gen[size]} --seed {params.gen[seed]} --workers {threads} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        synthetic_input,
+    output:
+        manifest="results/{dataset}/data/manifest.json",
+        labels="results/{dataset}/data/labels.json",
+        train="results/{dataset}/data/train.txt",
+        val="results/{dataset}/data/val.txt",
+    params:
+        kind=lambda wc: DATASETS[wc.dataset]["kind"],
+        root=dataset_root,
+        splits=lambda wc: DATASETS[wc.dataset]["splits"],
+        empty=lambda wc: DATASETS[wc.dataset].get("empty_images", "skip"),
+    log:
+        "results/{dataset}/logs/prepare.log",
+    benchmark:
+        "results/{dataset}/benchmarks/prepare.tsv"
+    threads: 2
+    shell:
+        "l2g prepare --name {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
+        " --split train={params.splits[train]:q} --split val={params.splits[val]:q}"
+        " --empty-images {params.empty} --out {output.manifest} --workers {threads} > {log} 2>&1"
