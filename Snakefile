@@ -10,9 +10,10 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
     input:
-        "results/demo/data/manifest.json",
+        "results/demo/l2g/model.pt",
     default_target: True

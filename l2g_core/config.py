@@ -78,6 +78,10 @@ def check_dataset(name, dataset):
     elif root is not None and not Path(root).is_dir():
         raise L2GError(f"datasets.{name}.root: folder {root} does not exist; set it to the folder "
                        f"holding JPEGImages/ and SegmentationClassAug/")
+    l2g = dataset.get("train_l2g")
+    if l2g and l2g["crop_size"] > l2g["input_size"]:
+        raise L2GError(f"datasets.{name}.train_l2g.crop_size: {l2g['crop_size']} is larger than "
+                       f"input_size {l2g['input_size']}; crops are cut from the input")
 
 
 def require_root(config, name):

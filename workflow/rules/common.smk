@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and input functions shared by every rule.
 import os
+import shlex
 import sys
 
 from l2g_core.config import require_root, validate_config
@@ -46,3 +47,24 @@ def dataset_root(wildcards):
 def synthetic_input(wildcards):
     """The generated folder for a synthetic dataset; real datasets have no rule-made input."""
     return [dataset_root(wildcards)] if wildcards.dataset in SYNTHETIC else []
+
+
+def cli_flags(options):
+    """A config section as `l2g` options: {batch_size: 8, pcm: true} -> '--batch-size 8 --pcm'."""
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            flags.append(" ".join([flag] + [shlex.quote(str(v)) for v in value]))
+        else:
+            flags.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(flags)
+
+
+def stage_flags(stage):
+    """Input function: the options of `stage` for the dataset of the job."""
+    return lambda wildcards: cli_flags(DATASETS[wildcards.dataset][stage])

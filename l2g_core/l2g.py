@@ -1,0 +1,110 @@
+"""The L2G method as pure tensor functions: crops, local attention targets, transfer loss.
+
+Shapes: B images, N crops per image, M = B * N crops, C foreground classes, and C + 1 CAM
+channels with the background channel last (as in the official model's fc8).
+
+The official formulation (scripts/train_l2g_sal_voc.py of the L2G code) and the options that
+handle its weak points are documented in docs/l2g_method.md.
+"""
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+EPS = 1e-8
+
+
+def sample_boxes(num_images, num_crops, crop_size, image_size, generator=None):
+    """Random square crop boxes (x1, y1, x2, y2) in pixels, shape (num_images, num_crops, 4)."""
+    if crop_size > image_size:
+        raise ValueError(f"crop size {crop_size} is larger than the input size {image_size}")
+    corners = torch.randint(0, image_size - crop_size + 1, (num_images, num_crops, 2), generator=generator)
+    return torch.cat([corners, corners + crop_size], dim=-1)
+
+
+def crop_batch(images, boxes):
+    """Cut every box out of its image without a Python loop: (B, K, H, W), (B, N, 4) -> (B*N, K, c, c)."""
+    num_images, num_crops, _ = boxes.shape
+    crop = int(boxes[0, 0, 2] - boxes[0, 0, 0])
+    offsets = torch.arange(crop, device=images.device)
+    flat = boxes.reshape(-1, 4).to(images.device)
+    rows = flat[:, 1, None] + offsets  # (M, c)
+    cols = flat[:, 0, None] + offsets
+    owner = torch.arange(num_images, device=images.device).repeat_interleave(num_crops)
+    # images[owner, :, rows, cols] with broadcasting -> (M, c, c, K)
+    crops = images.permute(0, 2, 3, 1)[owner[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return crops.permute(0, 3, 1, 2).contiguous()
+
+
+def boxes_to_rois(boxes):
+    """(B, N, 4) pixel boxes -> (B*N, 5) float rois (image index, x1, y1, x2, y2) for roi_align."""
+    num_images, num_crops, _ = boxes.shape
+    owner = torch.arange(num_images, device=boxes.device).repeat_interleave(num_crops)
+    return torch.cat([owner[:, None], boxes.reshape(-1, 4)], dim=1).float()
+
+
+def normalise_cams(cams):
+    """ReLU, then each channel of each map divided by its spatial maximum."""
+    cams = F.relu(cams)
+    return cams / (cams.amax(dim=(2, 3), keepdim=True) + EPS)
+
+
+def local_targets(local_cams, labels, saliency=None, *, background="channel", bg_score=0.3,
+                  active_threshold=1e-3):
+    """Turn the local network's CAMs on crops into targets for the global network.
+
+    local_cams: (M, C+1, h, w) raw CAMs of the crops (background channel last).
+    labels: (M, C) multi-hot image-level labels of each crop's image.
+    saliency: (M, 1, h, w) saliency in [0, 1] at the CAM resolution, or None.
+    background: "channel" uses the local network's own background channel (official);
+        "threshold" uses the constant `bg_score` instead, as CAM thresholding does. No loss trains
+        the background channel, so "threshold" is the well-defined choice (weak point (b)).
+
+    Steps (one argmax over channels, no loop over images or classes):
+    normalise per channel; zero the channels of absent classes; keep, at each pixel, only the
+    winning channel. With saliency (official): a winner above `active_threshold` becomes the
+    saliency value on a foreground channel and 1 - saliency on the background channel. Without
+    saliency: the winner keeps its normalised score. Returns (M, C+1, h, w).
+    """
+    num_classes = labels.shape[1]
+    scores = normalise_cams(local_cams)
+    present = torch.cat([labels, torch.ones_like(labels[:, :1])], dim=1)  # background always present
+    scores = scores * present[:, :, None, None]
+    if background == "threshold":
+        scores[:, num_classes] = bg_score
+    elif background != "channel":
+        raise ValueError(f"unknown background mode {background!r}")
+    winner = scores.argmax(dim=1, keepdim=True)  # (M, 1, h, w)
+    one_hot = torch.zeros_like(scores).scatter_(1, winner, 1.0)
+    kept = one_hot * scores
+    if saliency is None:
+        return kept
+    active = (kept > active_threshold).to(kept.dtype)
+    gate = torch.cat([saliency.expand(-1, num_classes, -1, -1), 1 - saliency], dim=1)
+    return active * gate
+
+
+def align_global(global_cams, boxes, output_size, stride):
+    """The global CAMs under each crop box, at the local CAM resolution, as class probabilities.
+
+    aligned=True puts feature pixel i's centre at input coordinate stride * (i + 0.5), so a box
+    on the stride grid samples exactly the feature pixels it covers; the official code uses
+    torchvision's legacy aligned=False, which shifts every sample by half a feature pixel.
+    """
+    rois = boxes_to_rois(boxes).to(global_cams.device, global_cams.dtype)
+    aligned = roi_align(global_cams, rois, output_size, spatial_scale=1.0 / stride, sampling_ratio=1, aligned=True)
+    return F.softmax(aligned, dim=1)
+
+
+def transfer_loss(global_probs, targets, *, ignore_empty=False):
+    """Mean squared error between the aligned global probabilities and the local targets.
+
+    ignore_empty: leave out pixels whose target is all zero; the official loss keeps them, which
+    pulls the global softmax there towards uniform (weak point (c)).
+    """
+    squared = (global_probs - targets) ** 2
+    if not ignore_empty:
+        return squared.mean()
+    valid = (targets.sum(dim=1, keepdim=True) > 0).to(squared.dtype)
+    channels = squared.shape[1]
+    return (squared * valid).sum() / (valid.sum() * channels).clamp_min(1.0)

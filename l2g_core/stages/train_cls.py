@@ -1,0 +1,54 @@
+"""`l2g train-cls`: stage 1, the CAM classifier trained on image-level labels."""
+
+import argparse
+from pathlib import Path
+
+from l2g_core.data.torch_data import LabelledImages, load_manifest
+from l2g_core.errors import L2GError
+from l2g_core.model_io import save_classifier
+from l2g_core.models import BACKBONES, build_classifier, classification_loss
+from l2g_core.runtime import seed_everything, setup_runtime
+from l2g_core.training import Trainer, add_training_arguments, settings_from_args
+
+
+def add_model_arguments(parser):
+    group = parser.add_argument_group("model")
+    group.add_argument("--backbone", choices=BACKBONES, default="small", help="backbone network")
+    group.add_argument("--init", default=None,
+                       help="backbone weights: a torchvision weights name (IMAGENET1K_V1) or a checkpoint path")
+    group.add_argument("--pcm", action=argparse.BooleanOptionalAction, default=False, help="pixel correlation module of the official model")
+    group.add_argument("--output-stride", type=int, choices=(8, 16), default=8, help="feature stride")
+
+
+def configure(parser):
+    parser.add_argument("--manifest", required=True, help="results/{dataset}/data/manifest.json")
+    parser.add_argument("--out", required=True, help="model file to write (results/{dataset}/cls/model.pt)")
+    parser.add_argument("--input-size", type=int, required=True, help="training images are resized to this square")
+    add_model_arguments(parser)
+    add_training_arguments(parser)
+
+
+def run(args):
+    if args.input_size < 32:
+        raise L2GError(f"--input-size must be at least 32, got {args.input_size}")
+    manifest = load_manifest(args.manifest)
+    settings = settings_from_args(args)
+    runtime = setup_runtime(args.device)
+    if runtime.is_main:
+        print(f"train-cls on {manifest['name']}: {runtime.describe()}", flush=True)
+    seed_everything(settings.seed)
+    model = build_classifier(args.backbone, manifest["num_classes"], pcm=args.pcm, init=args.init,
+                             output_stride=args.output_stride)
+    dataset = LabelledImages(manifest, "train", args.input_size, seed=settings.seed)
+    describe = {"stage": "cls", "model": model.build_args, "init": args.init, "input_size": args.input_size}
+    trainer = Trainer({"model": model}, dataset, settings, runtime, Path(args.out).parent, describe)
+
+    def step(batch, generator):
+        out = trainer.wrapped["model"](batch["image"])
+        return {"loss": classification_loss(out["logits"].float(), batch["label"])}
+
+    trainer.fit(step)
+    if runtime.is_main:
+        save_classifier(args.out, model, stage="cls", class_names=manifest["class_names"],
+                        settings={**describe, **vars(settings)})
+        print(f"wrote {args.out}")

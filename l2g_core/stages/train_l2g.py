@@ -1,0 +1,99 @@
+"""`l2g train-l2g`: stage 2, local-to-global attention transfer (L2G).
+
+A global network sees the whole image, a local network sees `num_crops` random crops of it; both
+start from the stage-1 classifier. The local CAMs on the crops become targets (l2g_core.l2g) that
+the global CAMs under the same boxes are pulled to. Only the global network is used afterwards.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from l2g_core.data.torch_data import LabelledImages, load_manifest
+from l2g_core.errors import L2GError
+from l2g_core.l2g import align_global, crop_batch, local_targets, sample_boxes, transfer_loss
+from l2g_core.model_io import load_classifier, save_classifier
+from l2g_core.models import classification_loss
+from l2g_core.runtime import seed_everything, setup_runtime
+from l2g_core.training import Trainer, add_training_arguments, settings_from_args
+
+
+def configure(parser):
+    parser.add_argument("--manifest", required=True, help="results/{dataset}/data/manifest.json")
+    parser.add_argument("--init-from", required=True, help="stage-1 classifier (results/{dataset}/cls/model.pt)")
+    parser.add_argument("--out", required=True, help="model file to write (results/{dataset}/l2g/model.pt)")
+    group = parser.add_argument_group("L2G")
+    group.add_argument("--input-size", type=int, required=True, help="global input: images resized to this square")
+    group.add_argument("--crop-size", type=int, required=True, help="side of each local crop, in input pixels")
+    group.add_argument("--num-crops", type=int, required=True, help="crops per image")
+    group.add_argument("--kd-weight", type=float, default=10.0, help="weight of the transfer loss (VOC 10, COCO 30)")
+    group.add_argument("--use-saliency", action=argparse.BooleanOptionalAction, default=True,
+                       help="gate the targets with the saliency maps (Sal/); off: background from the CAM")
+    group.add_argument("--global-cls-weight", type=float, default=0.0,
+                       help="weight of the global network's classification loss (0 = official: computed, never added)")
+    group.add_argument("--background", choices=("channel", "threshold"), default="channel",
+                       help="background score of the targets: the local network's own background channel "
+                            "(official) or the constant --bg-score")
+    group.add_argument("--bg-score", type=float, default=0.3,
+                       help="background score with --background threshold (CAM threshold)")
+    group.add_argument("--ignore-empty", action=argparse.BooleanOptionalAction, default=False,
+                       help="leave pixels whose target is all zero out of the transfer loss (official: kept)")
+    add_training_arguments(parser)
+
+
+def check_args(args):
+    if args.num_crops < 1:
+        raise L2GError(f"--num-crops must be at least 1, got {args.num_crops}")
+    if not 0 < args.crop_size <= args.input_size:
+        raise L2GError(f"--crop-size {args.crop_size} must be positive and at most --input-size {args.input_size}")
+    if args.kd_weight < 0 or args.global_cls_weight < 0:
+        raise L2GError("--kd-weight and --global-cls-weight must be >= 0")
+
+
+def run(args):
+    check_args(args)
+    manifest = load_manifest(args.manifest)
+    settings = settings_from_args(args)
+    runtime = setup_runtime(args.device)
+    if runtime.is_main:
+        print(f"train-l2g on {manifest['name']}: {runtime.describe()}", flush=True)
+    seed_everything(settings.seed)
+    global_net, _ = load_classifier(args.init_from, class_names=manifest["class_names"])
+    local_net, _ = load_classifier(args.init_from, class_names=manifest["class_names"])
+    if args.crop_size % global_net.stride:
+        raise L2GError(f"--crop-size {args.crop_size} must be a multiple of the feature stride {global_net.stride}")
+    dataset = LabelledImages(manifest, "train", args.input_size, saliency=args.use_saliency, seed=settings.seed)
+    l2g_options = {k: getattr(args, k) for k in ("input_size", "crop_size", "num_crops", "kd_weight", "use_saliency",
+                                                 "global_cls_weight", "background", "bg_score", "ignore_empty")}
+    describe = {"stage": "l2g", "init_from": str(Path(args.init_from).resolve()), **l2g_options}
+    trainer = Trainer({"global": global_net, "local": local_net}, dataset, settings, runtime,
+                      Path(args.out).parent, describe)
+    net_g, net_l = trainer.wrapped["global"], trainer.wrapped["local"]
+
+    def step(batch, generator):
+        images, labels = batch["image"], batch["label"]
+        boxes = sample_boxes(len(images), args.num_crops, args.crop_size, args.input_size, generator)
+        boxes = boxes.to(images.device)
+        out_g = net_g(images)
+        out_l = net_l(crop_batch(images, boxes))
+        size = out_l["cams"].shape[-2:]
+        crop_labels = labels.repeat_interleave(args.num_crops, dim=0)
+        saliency = None
+        if args.use_saliency:
+            saliency = F.interpolate(crop_batch(batch["saliency"], boxes), size=size, mode="area")
+        targets = local_targets(out_l["cams"].detach().float(), crop_labels, saliency,
+                                background=args.background, bg_score=args.bg_score)
+        probs = align_global(out_g["cams"].float(), boxes, size, global_net.stride)
+        kd = args.kd_weight * transfer_loss(probs, targets, ignore_empty=args.ignore_empty)
+        cls_local = classification_loss(out_l["logits"].float(), crop_labels)
+        cls_global = classification_loss(out_g["logits"].float(), labels)
+        loss = kd + cls_local + args.global_cls_weight * cls_global
+        return {"loss": loss, "kd": kd, "cls_local": cls_local, "cls_global": cls_global}
+
+    trainer.fit(step)
+    if runtime.is_main:
+        save_classifier(args.out, global_net, stage="l2g", class_names=manifest["class_names"],
+                        settings={**describe, **vars(settings)},
+                        extra={"local_state_dict": local_net.state_dict()})
+        print(f"wrote {args.out}")

@@ -1,0 +1,239 @@
+"""The training loop shared by every stage.
+
+SGD with the official parameter groups (1x / 2x / 10x / 20x the base learning rate for
+pretrained weights / pretrained biases / new weights / new biases), a step or poly schedule,
+gradient accumulation, bf16 autocast on CUDA, DDP under torchrun, a tqdm bar, a CSV loss log and
+a checkpoint after every epoch that holds everything needed to continue exactly: models,
+optimizer, epoch, history and RNG states. Data order and every random draw of a step are derived
+from (seed, epoch, step), so a resumed run is bit-identical to an uninterrupted one on the CPU.
+"""
+
+import argparse
+import contextlib
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from l2g_core.errors import L2GError
+from l2g_core.io_utils import atomic_path, write_text
+from l2g_core.runtime import restore_rng_states, rng_states, seed_everything
+
+LR_MULTIPLIERS = (1.0, 2.0, 10.0, 20.0)
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    schedule: str = "step"  # "step": x gamma at each of step_epochs; "poly": (1 - t/T) ** poly_power
+    step_epochs: list = field(default_factory=list)
+    gamma: float = 0.1
+    poly_power: float = 0.9
+    accumulate: int = 1
+    seed: int = 0
+    workers: int = 0
+    amp: bool = True
+    log_every: int = 10
+
+
+def add_training_arguments(parser):
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, required=True, help="number of epochs")
+    group.add_argument("--batch-size", type=int, required=True, help="images per step and process")
+    group.add_argument("--lr", type=float, required=True, help="base learning rate (new layers get 10x/20x)")
+    group.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    group.add_argument("--schedule", choices=("step", "poly"), default="step", help="learning-rate schedule")
+    group.add_argument("--step-epochs", type=int, nargs="*", default=[], help="epochs at which the step schedule decays")
+    group.add_argument("--gamma", type=float, default=0.1, help="step schedule decay factor (default 0.1)")
+    group.add_argument("--poly-power", type=float, default=0.9, help="poly schedule power (default 0.9)")
+    group.add_argument("--accumulate", type=int, default=1, help="steps of gradient accumulation per update")
+    group.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and crops")
+    group.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
+    group.add_argument("--log-every", type=int, default=10, help="optimizer steps between CSV log rows")
+    group.add_argument("--device", default="auto", help="auto (CUDA when visible), cuda or cpu")
+
+
+def settings_from_args(args):
+    names = TrainSettings.__dataclass_fields__
+    settings = TrainSettings(**{name: getattr(args, name) for name in names})
+    check_settings(settings)
+    return settings
+
+
+def check_settings(s):
+    for name in ("epochs", "batch_size", "accumulate", "log_every"):
+        if getattr(s, name) < 1:
+            raise L2GError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
+    if s.lr <= 0:
+        raise L2GError(f"--lr must be positive, got {s.lr}")
+    if s.weight_decay < 0 or not 0 <= s.momentum < 1:
+        raise L2GError("--weight-decay must be >= 0 and --momentum in [0, 1)")
+
+
+def build_optimizer(models, settings):
+    """SGD over the four official parameter groups of every model (nesterov, as official)."""
+    groups = []
+    for model in models:
+        for params, multiplier in zip(model.param_groups(), LR_MULTIPLIERS):
+            if params:
+                groups.append({"params": params, "lr": settings.lr * multiplier, "base_lr": settings.lr * multiplier})
+    return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum,
+                           weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
+
+
+def lr_factor(settings, epoch, iteration, total_iterations):
+    """Multiplier of every base learning rate at optimizer update `iteration` of `epoch`."""
+    if settings.schedule == "poly":
+        return (1.0 - iteration / total_iterations) ** settings.poly_power
+    return settings.gamma ** sum(epoch >= e for e in settings.step_epochs)
+
+
+def fingerprint(obj):
+    """A short hash of the settings a checkpoint was made with; a resumed run must match it."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def epoch_order(num_items, seed, epoch, rank=0, world_size=1):
+    """The shuffled indices one process visits in one epoch (equal counts across processes)."""
+    generator = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    order = torch.randperm(num_items, generator=generator)
+    usable = num_items - num_items % world_size
+    return order[:usable][rank::world_size].tolist()
+
+
+def step_seed(seed, epoch, index, rank):
+    """The seed of every random draw (crops, ...) of one step: a function of where it is, only."""
+    return ((seed * 1009 + epoch) * 1_000_003 + index) * 257 + rank
+
+
+class Trainer:
+    """Runs `step(batch, generator) -> {"loss": tensor, other name: tensor}` over epochs.
+
+    models: {name: module}; every model is trained and checkpointed under its name.
+    """
+
+    def __init__(self, models, dataset, settings, runtime, out_dir, describe):
+        self.settings = settings
+        self.runtime = runtime
+        self.out_dir = Path(out_dir)
+        self.dataset = dataset
+        self.models = {name: model.to(runtime.device) for name, model in models.items()}
+        self.optimizer = build_optimizer(self.models.values(), settings)
+        self.wrapped = {name: DistributedDataParallel(m) if runtime.distributed else m
+                        for name, m in self.models.items()}
+        self.fingerprint = fingerprint({"settings": asdict(settings), "describe": describe})
+        self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        self.history = []
+        self.start_epoch = 0
+        per_epoch = len(epoch_order(len(dataset), 0, 0, runtime.rank, runtime.world_size)) // settings.batch_size
+        if per_epoch < 1:
+            raise L2GError(f"only {len(dataset)} training images for a batch size of {settings.batch_size}")
+        self.updates_per_epoch = max(1, per_epoch // settings.accumulate)
+        self.total_updates = self.updates_per_epoch * settings.epochs
+
+    def autocast(self):
+        if self.runtime.device.type == "cuda" and self.settings.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def resume(self):
+        """Continue from checkpoint.pt when it was made with the same settings; say what happened."""
+        if not self.checkpoint_path.is_file():
+            return "starting from epoch 0"
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            return f"ignoring {self.checkpoint_path}: made with other settings; starting from epoch 0"
+        for name, model in self.models.items():
+            model.load_state_dict(state["models"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = state["history"]
+        self.start_epoch = state["epoch"] + 1
+        restore_rng_states(state["rng"])
+        return f"resumed from {self.checkpoint_path} after epoch {state['epoch'] + 1}"
+
+    def save_checkpoint(self, epoch):
+        if not self.runtime.is_main:
+            return
+        state = {"models": {n: m.state_dict() for n, m in self.models.items()},
+                 "optimizer": self.optimizer.state_dict(), "epoch": epoch, "history": self.history,
+                 "rng": rng_states(), "fingerprint": self.fingerprint}
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+        self.write_log()
+
+    def write_log(self):
+        if not self.history:
+            return
+        names = list(self.history[0])
+        lines = [",".join(names)] + [",".join(_fmt(row[n]) for n in names) for row in self.history]
+        write_text(self.out_dir / "train_log.csv", "\n".join(lines) + "\n")
+
+    def loader(self, epoch):
+        self.dataset.epoch = epoch
+        order = epoch_order(len(self.dataset), self.settings.seed, epoch, self.runtime.rank, self.runtime.world_size)
+        return DataLoader(self.dataset, batch_size=self.settings.batch_size, sampler=order, drop_last=True,
+                          num_workers=self.settings.workers, pin_memory=self.runtime.device.type == "cuda")
+
+    def set_lr(self, epoch, update):
+        factor = lr_factor(self.settings, epoch, update, self.total_updates)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    def fit(self, step):
+        seed_everything(self.settings.seed)
+        message = self.resume()
+        if self.runtime.is_main:
+            print(message, flush=True)
+        s = self.settings
+        for epoch in range(self.start_epoch, s.epochs):
+            for model in self.models.values():
+                model.train()
+            sums, count = {}, 0
+            update = epoch * self.updates_per_epoch
+            batches = self.updates_per_epoch * s.accumulate
+            bar = tqdm(total=batches, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch",
+                       disable=not self.runtime.is_main, mininterval=2.0)
+            self.optimizer.zero_grad(set_to_none=True)
+            for index, batch in enumerate(self.loader(epoch)):
+                if index >= batches:
+                    break
+                batch = {k: v.to(self.runtime.device, non_blocking=True) if torch.is_tensor(v) else v
+                         for k, v in batch.items()}
+                generator = torch.Generator().manual_seed(step_seed(s.seed, epoch, index, self.runtime.rank))
+                with self.autocast():
+                    losses = step(batch, generator)
+                (losses["loss"] / s.accumulate).backward()
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                count += 1
+                if (index + 1) % s.accumulate == 0:
+                    self.set_lr(epoch, update)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    update += 1
+                    if update % s.log_every == 0 or (index + 1) == batches:
+                        self.history.append({"epoch": epoch + 1, "update": update,
+                                             "lr": self.optimizer.param_groups[0]["lr"],
+                                             **{n: v / count for n, v in sums.items()}})
+                        bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
+                        sums, count = {}, 0
+                bar.update(1)
+            bar.close()
+            self.save_checkpoint(epoch)
+            self.runtime.barrier()
+        return self.history
+
+
+def _fmt(value):
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,176 @@
+"""The two training stages and the shared loop: schedules, resume after a kill, DDP, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from l2g_core.cli import main
+from l2g_core.model_io import load_classifier
+from l2g_core.training import TrainSettings, epoch_order, lr_factor
+
+from conftest import BIN
+
+CLS_OPTIONS = ["--input-size", "64", "--batch-size", "4", "--lr", "0.01", "--schedule", "poly", "--seed", "1"]
+L2G_OPTIONS = ["--input-size", "64", "--crop-size", "32", "--num-crops", "2", "--batch-size", "4", "--lr", "0.005",
+               "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    assert main(["make-synthetic", str(root / "data"), "--train", "24", "--val", "4", "--size", "64",
+                 "--seed", "0", "--workers", "1"]) == 0
+    out = root / "prep" / "manifest.json"
+    assert main(["prepare", "--name", "demo", "--kind", "synthetic", "--root", str(root / "data"),
+                 "--split", "train=train", "--split", "val=val", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage1(manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cls") / "model.pt"
+    assert main(["train-cls", "--manifest", str(manifest), "--out", str(out), "--epochs", "1", *CLS_OPTIONS]) == 0
+    return out
+
+
+def _l2g(*args):
+    return [str(BIN / "l2g"), *args]
+
+
+def _same_weights(path_a, path_b, key="state_dict"):
+    a = torch.load(path_a, weights_only=True)[key]
+    b = torch.load(path_b, weights_only=True)[key]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _kill_after_first_checkpoint(command, out_dir, sig):
+    """Start `command`, wait for the epoch-1 checkpoint, kill the process part-way into epoch 2."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoint = out_dir / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(sig)
+    process.wait()
+    assert checkpoint.exists(), process.stdout.read()
+    assert not (out_dir / "model.pt").exists()
+
+
+def test_poly_and_step_schedules():
+    poly = TrainSettings(epochs=2, batch_size=1, lr=1.0, schedule="poly", poly_power=0.9)
+    assert lr_factor(poly, 0, 0, 100) == 1.0
+    assert lr_factor(poly, 1, 50, 100) == pytest.approx(0.5 ** 0.9)
+    step = TrainSettings(epochs=10, batch_size=1, lr=1.0, schedule="step", step_epochs=[5, 8], gamma=0.1)
+    assert [lr_factor(step, e, 0, 1) for e in (0, 4, 5, 7, 8, 9)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch_and_shards_evenly():
+    assert epoch_order(10, 0, 3) == epoch_order(10, 0, 3) != epoch_order(10, 0, 4)
+    shards = [epoch_order(11, 0, 0, rank, 2) for rank in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0]) & set(shards[1])
+
+
+def test_stage1_writes_a_classifier_and_a_loss_log(stage1, manifest):
+    model, state = load_classifier(stage1, class_names=["owl", "fox", "frog", "bee", "fish", "snail"])
+    assert state["stage"] == "cls" and state["build_args"]["backbone"] == "small"
+    assert state["versions"]["torch"].startswith("2.13")
+    out = model(torch.zeros(1, 3, 64, 64))
+    assert out["cams"].shape == (1, 7, 8, 8)
+    log = (stage1.parent / "train_log.csv").read_text().splitlines()
+    assert log[0] == "epoch,update,lr,loss" and len(log) >= 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_stage1_killed_and_resumed_equals_uninterrupted(manifest, tmp_path, sig):
+    straight = tmp_path / "straight" / "model.pt"
+    command = ["train-cls", "--manifest", str(manifest), "--epochs", "2", *CLS_OPTIONS]
+    assert subprocess.run(_l2g(*command, "--out", str(straight)), capture_output=True).returncode == 0
+    resumed = tmp_path / "resumed" / "model.pt"
+    _kill_after_first_checkpoint(_l2g(*command, "--out", str(resumed)), resumed.parent, sig)
+    result = subprocess.run(_l2g(*command, "--out", str(resumed)), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout and "after epoch 1" in result.stdout
+    assert _same_weights(straight, resumed)
+    assert (resumed.parent / "train_log.csv").read_text() == (straight.parent / "train_log.csv").read_text()
+
+
+def test_stage2_killed_and_resumed_equals_uninterrupted(manifest, stage1, tmp_path):
+    command = ["train-l2g", "--manifest", str(manifest), "--init-from", str(stage1), "--epochs", "2", *L2G_OPTIONS]
+    straight = tmp_path / "straight" / "model.pt"
+    assert subprocess.run(_l2g(*command, "--out", str(straight)), capture_output=True).returncode == 0
+    resumed = tmp_path / "resumed" / "model.pt"
+    _kill_after_first_checkpoint(_l2g(*command, "--out", str(resumed)), resumed.parent, signal.SIGKILL)
+    result = subprocess.run(_l2g(*command, "--out", str(resumed)), capture_output=True, text=True)
+    assert result.returncode == 0 and "after epoch 1" in result.stdout
+    assert _same_weights(straight, resumed) and _same_weights(straight, resumed, "local_state_dict")
+    header = (straight.parent / "train_log.csv").read_text().splitlines()[0]
+    assert header == "epoch,update,lr,loss,kd,cls_local,cls_global"
+
+
+def test_stage2_without_saliency_and_with_the_weak_point_options(manifest, stage1, tmp_path):
+    out = tmp_path / "model.pt"
+    code = main(["train-l2g", "--manifest", str(manifest), "--init-from", str(stage1), "--out", str(out),
+                 "--epochs", "1", "--no-use-saliency", "--background", "threshold", "--ignore-empty",
+                 "--global-cls-weight", "1.0", *L2G_OPTIONS])
+    assert code == 0
+    state = torch.load(out, weights_only=True)
+    assert state["stage"] == "l2g" and state["settings"]["use_saliency"] is False
+    assert not _same_weights(stage1, out)
+
+
+def test_changed_settings_do_not_resume_a_stale_checkpoint(manifest, tmp_path):
+    out = tmp_path / "model.pt"
+    base = ["train-cls", "--manifest", str(manifest), "--out", str(out), "--epochs", "1", *CLS_OPTIONS]
+    assert main(base) == 0
+    result = subprocess.run(_l2g(*base, "--lr", "0.02"), capture_output=True, text=True)
+    assert result.returncode == 0 and "made with other settings; starting from epoch 0" in result.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "-0.1"], "--lr must be positive"),
+    (["--num-crops", "0"], "--num-crops must be at least 1"),
+    (["--crop-size", "96"], "--crop-size 96 must be positive and at most --input-size 64"),
+])
+def test_bad_stage2_values_are_one_line_errors(manifest, stage1, tmp_path, capsys, extra, message):
+    out = tmp_path / "model.pt"
+    code = main(["train-l2g", "--manifest", str(manifest), "--init-from", str(stage1), "--out", str(out),
+                 "--epochs", "1", *L2G_OPTIONS, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and message in err[0]
+    assert not tmp_path.joinpath("model.pt").exists() and not tmp_path.joinpath("checkpoint.pt").exists()
+
+
+def test_stage2_refuses_a_classifier_of_other_classes(manifest, stage1, tmp_path, capsys):
+    state = torch.load(stage1, weights_only=True)
+    state["class_names"] = [f"c{i}" for i in range(20)]
+    foreign = tmp_path / "voc_cls.pt"
+    torch.save(state, foreign)
+    code = main(["train-l2g", "--manifest", str(manifest), "--init-from", str(foreign),
+                 "--out", str(tmp_path / "model.pt"), "--epochs", "1", *L2G_OPTIONS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "trained for 20 classes" in err[0] and str(foreign) in err[0]
+
+
+def test_ddp_over_two_cpu_processes(manifest, tmp_path):
+    """torchrun with the gloo backend: the same DDP path a multi-GPU job takes."""
+    out = tmp_path / "model.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "l2g_core.cli",
+                             "train-cls", "--manifest", str(manifest), "--out", str(out), "--epochs", "1",
+                             "--device", "cpu", *CLS_OPTIONS], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "DDP rank 0 of 2" in result.stdout
+    load_classifier(out)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (AMP and device placement)")
+def test_stage1_on_cuda_with_amp(manifest, tmp_path):
+    out = tmp_path / "model.pt"
+    result = subprocess.run(_l2g("train-cls", "--manifest", str(manifest), "--out", str(out), "--epochs", "1",
+                                 "--device", "cuda", "--amp", *CLS_OPTIONS), capture_output=True, text=True)
+    assert result.returncode == 0 and "GPU cuda:0" in result.stdout
