@@ -19,6 +19,9 @@ STAGES = (
     ("prepare", "l2g_core.stages.prepare", "check a dataset and write its manifest and image-level labels"),
     ("train-cls", "l2g_core.stages.train_cls", "stage 1: train the CAM classifier on image-level labels"),
     ("train-l2g", "l2g_core.stages.train_l2g", "stage 2: L2G local-to-global attention transfer"),
+    ("export-cams", "l2g_core.stages.export_cams", "multi-scale, flipped CAMs of a classifier, one file per image"),
+    ("refine", "l2g_core.stages.refine", "CRF refinement: pseudo labels from CAMs"),
+    ("evaluate", "l2g_core.stages.evaluate", "score label maps, or CAMs over background thresholds: mIoU and per-class IoU"),
 )
 
 

@@ -9,23 +9,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from l2g_core.data.layout import VOCLayout
+from l2g_core.data.manifest import split_ids
 from l2g_core.errors import L2GError
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-def load_manifest(path):
-    path = Path(path)
-    if not path.is_file():
-        raise L2GError(f"{path}: manifest not found (run the prepare stage first)")
-    return json.loads(path.read_text())
-
-
-def split_ids(manifest, split):
-    if split not in manifest["splits"]:
-        raise L2GError(f"manifest of {manifest['name']} has no split {split!r}")
-    return Path(manifest["splits"][split]["list"]).read_text().split()
 
 
 def normalise(rgb):

@@ -3,9 +3,10 @@
 import argparse
 from pathlib import Path
 
-from l2g_core.data.torch_data import LabelledImages, load_manifest
+from l2g_core.data.manifest import load_manifest
+from l2g_core.data.torch_data import LabelledImages
 from l2g_core.errors import L2GError
-from l2g_core.model_io import save_classifier
+from l2g_core.model_io import load_classifier, save_classifier
 from l2g_core.models import BACKBONES, build_classifier, classification_loss
 from l2g_core.runtime import seed_everything, setup_runtime
 from l2g_core.training import Trainer, add_training_arguments, settings_from_args
@@ -24,6 +25,9 @@ def configure(parser):
     parser.add_argument("--manifest", required=True, help="results/{dataset}/data/manifest.json")
     parser.add_argument("--out", required=True, help="model file to write (results/{dataset}/cls/model.pt)")
     parser.add_argument("--input-size", type=int, required=True, help="training images are resized to this square")
+    parser.add_argument("--init-from", default=None,
+                        help="continue from a classifier file (model options are then taken from it); "
+                             "the control run of the CAM stage trains stage 1 on this way")
     add_model_arguments(parser)
     add_training_arguments(parser)
 
@@ -37,10 +41,14 @@ def run(args):
     if runtime.is_main:
         print(f"train-cls on {manifest['name']}: {runtime.describe()}", flush=True)
     seed_everything(settings.seed)
-    model = build_classifier(args.backbone, manifest["num_classes"], pcm=args.pcm, init=args.init,
-                             output_stride=args.output_stride)
+    if args.init_from:
+        model, _ = load_classifier(args.init_from, class_names=manifest["class_names"])
+    else:
+        model = build_classifier(args.backbone, manifest["num_classes"], pcm=args.pcm, init=args.init,
+                                 output_stride=args.output_stride)
     dataset = LabelledImages(manifest, "train", args.input_size, seed=settings.seed)
-    describe = {"stage": "cls", "model": model.build_args, "init": args.init, "input_size": args.input_size}
+    describe = {"stage": "cls", "model": model.build_args, "init": args.init, "input_size": args.input_size,
+                "init_from": str(Path(args.init_from).resolve()) if args.init_from else None}
     trainer = Trainer({"model": model}, dataset, settings, runtime, Path(args.out).parent, describe)
 
     def step(batch, generator):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-from l2g_core.data.torch_data import LabelledImages, load_manifest
+from l2g_core.data.manifest import load_manifest
+from l2g_core.data.torch_data import LabelledImages
 from l2g_core.errors import L2GError
 from l2g_core.l2g import align_global, crop_batch, local_targets, sample_boxes, transfer_loss
 from l2g_core.model_io import load_classifier, save_classifier

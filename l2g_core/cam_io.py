@@ -1,0 +1,52 @@
+"""CAM files (DESIGN.md contract): one `.npz` per image holding only the classes present in the
+image, at the original image size, float16, with the class indices stored beside them.
+
+    cams     float16 (K, H, W), each map ReLU'd and divided by its maximum (values in [0, 1])
+    classes  int64   (K,), mask class indices 1..C of the K maps
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from l2g_core.errors import L2GError
+from l2g_core.io_utils import atomic_path
+
+SUFFIX = ".npz"
+
+
+def cam_path(folder, image_id):
+    return Path(folder) / f"{image_id}{SUFFIX}"
+
+
+def save_cams(path, cams, classes):
+    cams = np.asarray(cams, dtype=np.float16)
+    classes = np.asarray(classes, dtype=np.int64)
+    if cams.ndim != 3 or len(cams) != len(classes):
+        raise ValueError(f"expected (K, H, W) maps for K classes, got {cams.shape} for {classes.shape}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:  # a file object keeps numpy from appending ".npz" to tmp
+            np.savez(handle, cams=cams, classes=classes)
+
+
+def load_cams(path):
+    """(cams float32 (K, H, W), classes int64 (K,)) of one image."""
+    path = Path(path)
+    if not path.is_file():
+        raise L2GError(f"{path}: CAM file not found")
+    try:
+        with np.load(path) as data:
+            return data["cams"].astype(np.float32), data["classes"].astype(np.int64)
+    except (OSError, KeyError, ValueError) as error:
+        raise L2GError(f"{path}: not a CAM file ({error})") from None
+
+
+def cams_to_labels(cams, classes, threshold):
+    """Class index per pixel: the strongest present class, or background (0) where no CAM
+    exceeds `threshold` (ties go to the background)."""
+    if len(classes) == 0:
+        return np.zeros(cams.shape[1:], dtype=np.uint8)
+    best = cams.argmax(axis=0)
+    labels = np.asarray(classes, dtype=np.uint8)[best]
+    labels[cams.max(axis=0) <= threshold] = 0
+    return labels

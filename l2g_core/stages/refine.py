@@ -1,0 +1,187 @@
+"""`l2g refine`: pseudo labels from CAMs, refined by a dense CRF (l2g_core.crf).
+
+For each id of a split (or of one shard of it) reads the image and its CAM file (CAMS/ID.npz) and
+writes OUT/ID.png, a VOC-palette label map (255 = ignore). Images are processed in parallel by a
+pool of forked processes (`--workers`, default all cores; 1 runs in this process).
+
+Background: `--threshold T` (or `--threshold-from metrics.json`, its "best_threshold") is the
+constant background score; `--ignore-band LOW HIGH` instead labels with both scores and marks
+pixels where they disagree as 255. `--no-crf` gives the plain argmax of the official L2G gen_gt.py.
+
+Shards: `--shard i/n` (1 <= i <= n) takes the strided slice ids[i-1::n] of the split list, so each
+shard gets a similar mix of images whatever the order of the list; the n shards together cover
+every id exactly once and write the same files, byte for byte, as one unsharded run.
+
+Completion: OUT/manifest.json (shard i/n, n > 1: OUT/manifest-shard-i-of-n.json) is written
+last, listing every file with its size and the settings used. A stale manifest is deleted before any work starts
+(a shard run also deletes manifest.json, whose files it rewrites; a full run deletes all shard
+manifests), so a folder without its manifest is never complete.
+"""
+
+import json
+import os
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+
+from tqdm import tqdm
+
+from l2g_core import __version__
+from l2g_core.cam_io import cam_path, load_cams
+from l2g_core.crf import DEFAULT_CRF_PARAMS, refine_labels
+from l2g_core.data.layout import VOCLayout
+from l2g_core.data.manifest import load_manifest, split_ids
+from l2g_core.errors import L2GError
+from l2g_core.io_utils import write_json, write_label_png
+from l2g_core.shards import parse_shard, shard_ids, shard_manifest_name
+
+MANIFEST = "manifest.json"  # of a full run; a shard's is named by l2g_core.shards
+
+# (option, key of DEFAULT_CRF_PARAMS, type, help)
+CRF_OPTIONS = (
+    ("--iterations", "iterations", int, "mean-field iterations"),
+    ("--pos-w", "pos_w", float, "weight of the Gaussian (smoothness) kernel"),
+    ("--pos-xy-std", "pos_xy_std", float, "spatial std of the Gaussian kernel, pixels"),
+    ("--bi-w", "bi_w", float, "weight of the bilateral (appearance) kernel"),
+    ("--bi-xy-std", "bi_xy_std", float, "spatial std of the bilateral kernel, pixels"),
+    ("--bi-rgb-std", "bi_rgb_std", float, "colour std of the bilateral kernel, RGB levels"),
+)
+
+
+def available_cores():
+    """Cores this process may run on (a SLURM or taskset allocation), not all of the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure(parser):
+    parser.add_argument("--manifest", required=True, help="dataset manifest.json (from l2g prepare)")
+    parser.add_argument("--split", default="train", help="split of the manifest to label (default train)")
+    parser.add_argument("--cams", required=True, help="folder of CAM files ID.npz (from CAM export)")
+    parser.add_argument("--out", required=True, help="folder for the label PNGs ID.png and manifest.json")
+    background = parser.add_mutually_exclusive_group()
+    background.add_argument("--threshold", type=float, help="background score in [0, 1]: background "
+                                                            "where no CAM exceeds it")
+    background.add_argument("--threshold-from", metavar="METRICS_JSON",
+                            help="read the background threshold from this JSON's \"best_threshold\"")
+    background.add_argument("--ignore-band", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                            help="label with background scores LOW and HIGH; pixels where the two "
+                                 "labellings disagree become 255 (ignore)")
+    parser.add_argument("--no-crf", action="store_true",
+                        help="plain argmax of the CAMs against the background (L2G gen_gt.py)")
+    crf = parser.add_argument_group("CRF parameters (defaults of IRN's CAM refinement)")
+    for option, key, kind, text in CRF_OPTIONS:
+        crf.add_argument(option, dest=key, type=kind, default=DEFAULT_CRF_PARAMS[key],
+                         help=f"{text} (default {DEFAULT_CRF_PARAMS[key]:g})")
+    parser.add_argument("--workers", type=int, default=available_cores(),
+                        help="worker processes (default all cores this process may use; 1 = no pool)")
+    parser.add_argument("--shard", metavar="i/n",
+                        help="only shard i of n: the ids at positions i-1, i-1+n, i-1+2n, ... of the split")
+
+
+def read_best_threshold(path):
+    path = Path(path)
+    if not path.is_file():
+        raise L2GError(f"{path}: metrics file not found")
+    try:
+        value = json.loads(path.read_text()).get("best_threshold")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise L2GError(f"{path}: not a JSON object of metrics ({error})") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise L2GError(f"{path}: no numeric \"best_threshold\"")
+    return float(value)
+
+
+def background_settings(args):
+    """(threshold or None, ignore band or None), checked."""
+    if args.ignore_band is not None:
+        low, high = args.ignore_band
+        if not 0.0 <= low <= high <= 1.0:
+            raise L2GError(f"--ignore-band {low:g} {high:g}: need 0 <= LOW <= HIGH <= 1")
+        return None, (low, high)
+    if args.threshold_from is not None:
+        threshold, origin = read_best_threshold(args.threshold_from), f"{args.threshold_from}: best_threshold"
+    elif args.threshold is not None:
+        threshold, origin = args.threshold, "--threshold"
+    else:
+        raise L2GError("give --threshold, --threshold-from or --ignore-band")
+    if not 0.0 <= threshold <= 1.0:
+        raise L2GError(f"{origin} {threshold:g} is outside [0, 1] (CAMs are in [0, 1])")
+    return threshold, None
+
+
+def label_one(image_id, *, root, cams_dir, out_dir, num_classes, options):
+    """Label one image; return (file name, size in bytes)."""
+    image = VOCLayout(root).load_image(image_id)
+    path = cam_path(cams_dir, image_id)
+    cams, classes = load_cams(path)
+    if cams.shape[1:] != image.shape[:2]:
+        raise L2GError(f"{path}: CAMs are {cams.shape[2]}x{cams.shape[1]} but the image is "
+                       f"{image.shape[1]}x{image.shape[0]}")
+    if any(not 1 <= c <= num_classes for c in classes):
+        raise L2GError(f"{path}: class indices {classes.tolist()} outside 1..{num_classes}")
+    labels = refine_labels(image, cams, classes, **options)
+    target = Path(out_dir) / f"{image_id}.png"
+    write_label_png(target, labels)
+    return target.name, target.stat().st_size
+
+
+def run(args):
+    manifest = load_manifest(args.manifest)
+    threshold, band = background_settings(args)
+    if args.workers < 1:
+        raise L2GError(f"--workers {args.workers}: need at least 1")
+    index, count = parse_shard(args.shard)  # strided: ids[index-1::count] (l2g_core.shards)
+    ids = shard_ids(split_ids(manifest, args.split), index, count)
+    layout = VOCLayout(manifest["root"])
+    for image_id in ids:  # every input is checked before any output is written
+        if not cam_path(args.cams, image_id).is_file():
+            raise L2GError(f"{cam_path(args.cams, image_id)}: CAM file not found")
+        if not layout.image_path(image_id).is_file():
+            raise L2GError(f"{layout.image_path(image_id)}: image not found")
+
+    out = Path(args.out)
+    crf_params = {key: getattr(args, key) for _, key, _, _ in CRF_OPTIONS}
+    for option, key, _, _ in CRF_OPTIONS:
+        value, least = crf_params[key], (0 if key in ("iterations", "pos_w", "bi_w") else 1e-6)
+        if not value >= least:  # also refuses NaN
+            raise L2GError(f"{option} {value:g}: must be {'>= 0' if least == 0 else '> 0'}")
+    own_manifest = out / shard_manifest_name(index, count)
+    stale = [out / MANIFEST, own_manifest]
+    if count == 1 and out.is_dir():
+        stale += sorted(out.glob("manifest-shard-*-of-*.json"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    options = {"threshold": threshold, "ignore_band": band, "use_crf": not args.no_crf, "crf_params": crf_params}
+    work = partial(label_one, root=str(layout.root), cams_dir=str(args.cams), out_dir=str(out),
+                   num_classes=manifest["num_classes"], options=options)
+    workers = min(args.workers, max(1, len(ids)))
+    bar = partial(tqdm, total=len(ids), desc="refine", unit="img", mininterval=1.0)
+    if workers == 1:
+        sizes = dict(bar(map(work, ids)))
+    else:
+        with get_context("fork").Pool(workers) as pool:
+            sizes = dict(bar(pool.imap_unordered(work, ids)))
+
+    write_json(own_manifest, {
+        "dataset": manifest["name"], "split": args.split,
+        "cams": str(Path(args.cams).resolve()),
+        "shard": None if count == 1 else f"{index}/{count}",
+        "settings": {
+            "threshold": threshold,
+            "threshold_from": None if args.threshold_from is None else str(Path(args.threshold_from).resolve()),
+            "ignore_band": None if band is None else list(band),
+            "crf": not args.no_crf,
+            "crf_params": crf_params if not args.no_crf else None,
+            "probabilities": "per-pixel scores (background threshold, CAMs) divided by their sum",
+        },
+        "num_images": len(ids),
+        "files": [{"name": f"{i}.png", "bytes": sizes[f"{i}.png"]} for i in ids],
+        "l2g_version": __version__,
+    })
+    print(f"refine: {len(ids)} label maps in {out}"
+          + ("" if count == 1 else f" (shard {index}/{count})"))
