@@ -11,9 +11,11 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/cams.smk"
+include: "workflow/rules/pseudo_labels.smk"
 
 
 rule all:
     input:
-        "results/demo/l2g/model.pt",
+        "results/demo/pseudo_labels/miou.json",
     default_target: True

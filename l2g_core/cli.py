@@ -21,6 +21,8 @@ STAGES = (
     ("train-l2g", "l2g_core.stages.train_l2g", "stage 2: L2G local-to-global attention transfer"),
     ("export-cams", "l2g_core.stages.export_cams", "multi-scale, flipped CAMs of a classifier, one file per image"),
     ("refine", "l2g_core.stages.refine", "CRF refinement: pseudo labels from CAMs"),
+    ("score-pseudo-labels", "l2g_core.stages.score_pseudo_labels",
+     "pseudo labels against the ground truth, beside the no-CRF and saliency baselines"),
     ("evaluate", "l2g_core.stages.evaluate", "score label maps, or CAMs over background thresholds: mIoU and per-class IoU"),
 )
 

@@ -15,8 +15,12 @@ BIN = Path(sys.executable).parent
 def tiny_config(**demo_overrides):
     """The shipped config with the demo shrunk to seconds of CPU work."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["datasets"]["demo"]["synthetic"] = {"train": 12, "val": 4, "size": 64, "seed": 0}
-    config["datasets"]["demo"].update(demo_overrides)
+    demo = config["datasets"]["demo"]
+    demo["synthetic"] = {"train": 12, "val": 4, "size": 64, "seed": 0}
+    demo["train_cls"].update(input_size=64, epochs=1, batch_size=4)
+    demo["train_l2g"].update(input_size=64, crop_size=32, num_crops=2, epochs=1, batch_size=4)
+    demo["export_cams"].update(scales=[1.0], batch_size=4)
+    demo.update(demo_overrides)
     return config
 
 

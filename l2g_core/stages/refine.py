@@ -18,6 +18,7 @@ last, listing every file with its size and the settings used. A stale manifest i
 manifests), so a folder without its manifest is never complete.
 """
 
+import argparse
 import json
 import os
 from functools import partial
@@ -69,8 +70,9 @@ def configure(parser):
     background.add_argument("--ignore-band", type=float, nargs=2, metavar=("LOW", "HIGH"),
                             help="label with background scores LOW and HIGH; pixels where the two "
                                  "labellings disagree become 255 (ignore)")
-    parser.add_argument("--no-crf", action="store_true",
-                        help="plain argmax of the CAMs against the background (L2G gen_gt.py)")
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
+                        help="refine with the dense CRF; --no-crf writes the plain argmax labels "
+                             "(the official L2G gen_gt.py)")
     crf = parser.add_argument_group("CRF parameters (defaults of IRN's CAM refinement)")
     for option, key, kind, text in CRF_OPTIONS:
         crf.add_argument(option, dest=key, type=kind, default=DEFAULT_CRF_PARAMS[key],
@@ -156,7 +158,7 @@ def run(args):
         path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    options = {"threshold": threshold, "ignore_band": band, "use_crf": not args.no_crf, "crf_params": crf_params}
+    options = {"threshold": threshold, "ignore_band": band, "use_crf": args.crf, "crf_params": crf_params}
     work = partial(label_one, root=str(layout.root), cams_dir=str(args.cams), out_dir=str(out),
                    num_classes=manifest["num_classes"], options=options)
     workers = min(args.workers, max(1, len(ids)))
@@ -175,8 +177,8 @@ def run(args):
             "threshold": threshold,
             "threshold_from": None if args.threshold_from is None else str(Path(args.threshold_from).resolve()),
             "ignore_band": None if band is None else list(band),
-            "crf": not args.no_crf,
-            "crf_params": crf_params if not args.no_crf else None,
+            "crf": args.crf,
+            "crf_params": crf_params if args.crf else None,
             "probabilities": "per-pixel scores (background threshold, CAMs) divided by their sum",
         },
         "num_images": len(ids),

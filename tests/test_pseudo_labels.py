@@ -1,0 +1,80 @@
+"""score-pseudo-labels: the written labels, the no-CRF argmax and the saliency baseline."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from l2g_core.cam_io import cams_to_labels, save_cams
+from l2g_core.cli import main
+from l2g_core.data.layout import VOCLayout
+from l2g_core.evaluation import confusion, label_names, scores
+from l2g_core.stages.score_pseudo_labels import saliency_as_cams
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pseudo")
+    assert main(["make-synthetic", str(root / "data"), "--train", "8", "--val", "2", "--size", "64",
+                 "--workers", "1"]) == 0
+    manifest = root / "prep/manifest.json"
+    assert main(["prepare", "--name", "demo", "--kind", "synthetic", "--root", str(root / "data"),
+                 "--split", "train=train", "--split", "val=val", "--out", str(manifest)]) == 0
+    layout = VOCLayout(root / "data")
+    ids = (root / "prep/train.txt").read_text().split()
+    labels = json.loads((root / "prep/labels.json").read_text())
+    rng = np.random.default_rng(0)
+    for image_id in ids:  # CAMs from the ground truth, blurred by noise
+        mask = layout.load_mask(image_id)
+        classes = labels[image_id]
+        cams = np.stack([(mask == c) * 0.8 + rng.uniform(0, 0.3, mask.shape) for c in classes])
+        save_cams(root / "cams" / f"{image_id}.npz", cams, classes)
+    (root / "cams/miou.json").write_text(json.dumps({"best_threshold": 0.5}))
+    return root, manifest, layout, ids
+
+
+def test_scores_written_labels_no_crf_and_saliency_baseline(prepared):
+    root, manifest, layout, ids = prepared
+    assert main(["refine", "--manifest", str(manifest), "--cams", str(root / "cams"), "--out", str(root / "labels"),
+                 "--threshold-from", str(root / "cams/miou.json"), "--workers", "1"]) == 0
+    out = root / "labels/miou.json"
+    assert main(["score-pseudo-labels", "--manifest", str(manifest), "--labels", str(root / "labels"),
+                 "--cams", str(root / "cams"), "--threshold-from", str(root / "cams/miou.json"),
+                 "--saliency-thresholds", "0.3", "0.5", "0.7", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["threshold"] == 0.5 and result["num_images"] == len(ids)
+    # by hand: the same three numbers with plain loops
+    names = label_names(["owl", "fox", "frog", "bee", "fish", "snail"], 7)
+    written = sum(confusion(layout.load_mask(i), np.asarray(Image.open(root / f"labels/{i}.png")), 7) for i in ids)
+    assert result["miou"] == pytest.approx(scores(written, names)["miou"])
+    plain, sal = 0, {t: 0 for t in (0.3, 0.5, 0.7)}
+    for i in ids:
+        with np.load(root / f"cams/{i}.npz") as data:
+            cams, classes = data["cams"].astype(np.float32), data["classes"]
+        gt = layout.load_mask(i)
+        plain = plain + confusion(gt, cams_to_labels(cams, classes, 0.5), 7)
+        for t in sal:
+            sal[t] = sal[t] + confusion(gt, cams_to_labels(saliency_as_cams(cams, layout.load_saliency(i)), classes, t), 7)
+    assert result["miou_no_crf"] == pytest.approx(scores(plain, names)["miou"])
+    sweep = {t: scores(m, names)["miou"] for t, m in sal.items()}
+    assert result["saliency_baseline"]["miou"] == pytest.approx(max(sweep.values()))
+    assert result["saliency_baseline"]["best_threshold"] == max(sweep, key=sweep.get)
+    assert result["miou_no_crf"] > 0.8  # near-perfect CAMs give near-perfect labels
+
+
+def test_saliency_as_cams_keeps_the_cam_class_and_the_saliency_value():
+    cams = np.array([[[0.9, 0.1]], [[0.2, 0.7]]], dtype=np.float32)
+    out = saliency_as_cams(cams, np.array([[0.4, 0.6]], dtype=np.float32))
+    assert out.max(axis=0).tolist() == [[pytest.approx(0.4), pytest.approx(0.6)]]
+    assert out.argmax(axis=0).tolist() == [[0, 1]]
+
+
+def test_missing_pseudo_label_is_a_one_line_error(prepared, tmp_path, capsys):
+    root, manifest, _, _ = prepared
+    code = main(["score-pseudo-labels", "--manifest", str(manifest), "--labels", str(tmp_path),
+                 "--cams", str(root / "cams"), "--threshold-from", str(root / "cams/miou.json"),
+                 "--out", str(tmp_path / "miou.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "pseudo label" in err[0]
+    assert not (tmp_path / "miou.json").exists()
