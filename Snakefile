@@ -17,5 +17,8 @@ include: "workflow/rules/pseudo_labels.smk"
 
 rule all:
     input:
+        "results/demo/cls_cams/miou.json",
+        "results/demo/control_cams/miou.json",
+        "results/demo/cams/miou.json",
         "results/demo/pseudo_labels/miou.json",
     default_target: True

@@ -59,6 +59,9 @@ def local_targets(local_cams, labels, saliency=None, *, background="channel", bg
     background: "channel" uses the local network's own background channel (official);
         "threshold" uses the constant `bg_score` instead, as CAM thresholding does. No loss trains
         the background channel, so "threshold" is the well-defined choice (weak point (b)).
+        "saliency" (needs saliency) leaves the background to the saliency map alone: the winner
+        is the strongest present class, its target the saliency, the background's 1 - saliency,
+        so every pixel's target sums to one (no empty targets, weak point (c)).
 
     Steps (one argmax over channels, no loop over images or classes):
     normalise per channel; zero the channels of absent classes; keep, at each pixel, only the
@@ -68,6 +71,13 @@ def local_targets(local_cams, labels, saliency=None, *, background="channel", bg
     """
     num_classes = labels.shape[1]
     scores = normalise_cams(local_cams)
+    if background == "saliency":
+        if saliency is None:
+            raise ValueError("background='saliency' needs saliency maps")
+        foreground = scores[:, :num_classes] * labels[:, :, None, None]
+        winner = foreground.argmax(dim=1, keepdim=True)
+        one_hot = torch.zeros_like(foreground).scatter_(1, winner, 1.0)
+        return torch.cat([one_hot * saliency, 1 - saliency], dim=1)
     present = torch.cat([labels, torch.ones_like(labels[:, :1])], dim=1)  # background always present
     scores = scores * present[:, :, None, None]
     if background == "threshold":

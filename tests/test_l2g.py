@@ -139,3 +139,12 @@ def test_l2g_loss_falls_when_a_tiny_batch_is_overfitted():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
+
+
+def test_saliency_background_gives_targets_that_sum_to_one():
+    saliency = torch.tensor([[[[0.9, 0.2], [0.3, 0.0]]]])
+    targets = local_targets(_cams(), torch.tensor([[1.0, 0.0]]), saliency, background="saliency")
+    assert torch.allclose(targets.sum(dim=1), torch.ones(1, 2, 2))
+    assert torch.all(targets[:, 1] == 0)  # the absent class never wins
+    assert torch.allclose(targets[0, 0], saliency[0, 0])  # the only present class carries the saliency
+    assert torch.allclose(targets[0, 2], 1 - saliency[0, 0])

@@ -22,7 +22,6 @@ file atomically and skips masks that already exist, so an interrupted run can si
 """
 
 import json
-import multiprocessing
 import os
 import shutil
 import warnings
@@ -37,6 +36,7 @@ from l2g_core.data.classes import COCO_CLASSES
 from l2g_core.data.layout import IGNORE_INDEX, IMAGE_DIR, LABELS_FILE, MASK_DIR, SPLIT_DIR
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import atomic_path, write_json, write_label_png, write_text
+from l2g_core.parallel import parallel_map
 
 SPLITS = ("train", "val")
 LINK_MODES = ("symlink", "copy")
@@ -273,14 +273,12 @@ def convert_split(job, workers=1):
     _JOB = job  # set before the fork: the workers share the parsed annotations
     try:
         workers = max(1, min(workers, len(ids)))
-        context = multiprocessing.get_context("fork")
-        with context.Pool(workers) if workers > 1 else _Serial() as pool:
-            for image_id, present, wrote in tqdm(
-                    pool.imap_unordered(_convert_one, ids, chunksize=16), total=len(ids),
-                    desc=f"prepare-coco {job.split}", unit="img", mininterval=1.0):
-                labels[image_id] = present
-                written += wrote
-                kept += bool(present) and not wrote
+        for image_id, present, wrote in tqdm(
+                parallel_map(_convert_one, ids, workers, ordered=False, chunksize=16), total=len(ids),
+                desc=f"prepare-coco {job.split}", unit="img", mininterval=1.0):
+            labels[image_id] = present
+            written += wrote
+            kept += bool(present) and not wrote
     finally:
         _JOB = None
     listed = {i: labels[i] for i in ids if labels[i]}
@@ -289,20 +287,6 @@ def convert_split(job, workers=1):
     if not listed:
         raise L2GError(f"{job.source}: no image has a non-crowd instance")
     return listed
-
-
-class _Serial:
-    """A stand-in for a Pool when one process is asked for (keeps tracebacks simple)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def imap_unordered(func, jobs, chunksize=1):
-        return map(func, jobs)
 
 
 def prepare_coco(coco_root, out, splits=SPLITS, link="symlink", workers=None):

@@ -7,8 +7,8 @@ A creature is an elliptic body with a head at one end:
   with a dark eye. It covers a minority (about a fifth) of the creature's area.
 * the body carries only a weak class cue: a muted hue and a stripe direction and period that
   depend on the class, with jitter wide enough that neighbouring classes overlap, under pixel noise.
-* head-less bodies with the same textures lie in the background as distractors, so a body alone
-  is never proof of a class.
+* a head-less body with the same textures lies in the background of every other image as a
+  distractor, so a body alone is never proof of a class.
 
 A classifier trained on image-level labels therefore finds the heads first (plain CAMs light up
 the heads and under-segment the bodies), while a network shown crops without the head must read
@@ -22,7 +22,6 @@ bytes for a seed, whatever the number of worker processes.
 """
 
 import json
-import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,9 @@ from l2g_core.data.classes import SYNTHETIC_CLASSES
 from l2g_core.data.layout import IGNORE_INDEX, IMAGE_DIR, LABELS_FILE, MASK_DIR, SALIENCY_DIR, SPLIT_DIR
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import write_gray_png, write_jpeg, write_json, write_label_png, write_text
+from l2g_core.parallel import parallel_map
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLIT_STREAMS = {"train": 1, "val": 2}
 
 
@@ -45,7 +45,7 @@ class CreatureClass:
     head_shape: str
     head_rgb: tuple  # the strong cue
     body_hue: float  # degrees; the weak cues
-    stripe_angle: float  # degrees, relative to the body axis
+    stripe_angle: float  # degrees, in the image
     stripe_period: float  # in pixels at size 128
 
 
@@ -140,11 +140,13 @@ class _Canvas:
         mask = (u / a) ** 2 + (v / b) ** 2 <= 1
         hue = creature.body_hue + rng.normal(0, 10)
         colour = _hsv_to_rgb(hue, rng.uniform(0.35, 0.6), rng.uniform(0.45, 0.75))
-        stripe_angle = np.deg2rad(creature.stripe_angle + rng.normal(0, 12))
+        # Stripes run in a class direction of the image (not of the body), so a patch of body
+        # can be read on its own, as fur or feathers can.
+        stripe_angle = np.deg2rad(creature.stripe_angle + rng.normal(0, 8))
         period = creature.stripe_period * s / 128 * rng.uniform(0.85, 1.15)
-        along = u * np.cos(stripe_angle) + v * np.sin(stripe_angle)
+        along = (self.xx - cx) * np.cos(stripe_angle) + (self.yy - cy) * np.sin(stripe_angle)
         stripes = np.sin(2 * np.pi * along / period + rng.uniform(0, 2 * np.pi))
-        shade = 1.0 + rng.uniform(0.10, 0.20) * stripes
+        shade = 1.0 + rng.uniform(0.15, 0.25) * stripes
         noise = rng.normal(0, 14, size=(s, s, 3))
         painted = colour[None, None, :] * shade[..., None] + noise
         self.rgb[mask] = painted[mask]
@@ -238,7 +240,7 @@ def render_image(seed, split, index, size):
     chosen = rng.choice(np.arange(1, num_classes + 1), size=1 + int(rng.random() < 0.4), replace=False)
     num_objects = max(len(chosen), int(rng.integers(1, 4)))
     classes = list(chosen) + list(rng.choice(chosen, size=num_objects - len(chosen)))
-    num_distractors = int(rng.integers(0, 3))
+    num_distractors = int(rng.random() < 0.5)
     behind = [d for d in range(num_distractors) if rng.random() < 0.75]
     for _ in behind:
         canvas.add_distractor(*_random_pose(rng, size))
@@ -278,10 +280,9 @@ def make_synthetic(out, num_train, num_val, size, seed, workers=None):
     jobs = [(out, seed, split, i, size) for split, n in (("train", num_train), ("val", num_val)) for i in range(n)]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     labels = {}
-    with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else _Serial() as pool:
-        for image_id, present in tqdm(pool.imap(_write_sample, jobs, chunksize=8), total=len(jobs),
-                                      desc="make-synthetic", unit="img", mininterval=1.0):
-            labels[image_id] = present
+    for image_id, present in tqdm(parallel_map(_write_sample, jobs, workers, chunksize=8), total=len(jobs),
+                                  desc="make-synthetic", unit="img", mininterval=1.0):
+        labels[image_id] = present
     for split in ("train", "val"):
         ids = [image_id for image_id in labels if image_id.startswith(split + "_")]
         write_text(out / SPLIT_DIR / f"{split}.txt", "\n".join(ids) + "\n")
@@ -292,16 +293,3 @@ def make_synthetic(out, num_train, num_val, size, seed, workers=None):
     })
     return labels
 
-
-class _Serial:
-    """A stand-in for a Pool when one process is asked for (keeps tracebacks simple)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def imap(func, jobs, chunksize=1):
-        return map(func, jobs)

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,6 +33,7 @@ from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import write_json, write_label_png
+from l2g_core.parallel import parallel_map
 from l2g_core.shards import parse_shard, shard_ids, shard_manifest_name
 
 MANIFEST = "manifest.json"  # of a full run; a shard's is named by l2g_core.shards
@@ -163,11 +163,7 @@ def run(args):
                    num_classes=manifest["num_classes"], options=options)
     workers = min(args.workers, max(1, len(ids)))
     bar = partial(tqdm, total=len(ids), desc="refine", unit="img", mininterval=1.0)
-    if workers == 1:
-        sizes = dict(bar(map(work, ids)))
-    else:
-        with get_context("fork").Pool(workers) as pool:
-            sizes = dict(bar(pool.imap_unordered(work, ids)))
+    sizes = dict(bar(parallel_map(work, ids, workers, ordered=False)))
 
     write_json(own_manifest, {
         "dataset": manifest["name"], "split": args.split,

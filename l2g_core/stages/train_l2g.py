@@ -33,9 +33,9 @@ def configure(parser):
                        help="gate the targets with the saliency maps (Sal/); off: background from the CAM")
     group.add_argument("--global-cls-weight", type=float, default=0.0,
                        help="weight of the global network's classification loss (0 = official: computed, never added)")
-    group.add_argument("--background", choices=("channel", "threshold"), default="channel",
-                       help="background score of the targets: the local network's own background channel "
-                            "(official) or the constant --bg-score")
+    group.add_argument("--background", choices=("channel", "threshold", "saliency"), default="channel",
+                       help="background of the targets: the local network's own background channel "
+                            "(official), the constant --bg-score, or the saliency map alone (1 - saliency)")
     group.add_argument("--bg-score", type=float, default=0.3,
                        help="background score with --background threshold (CAM threshold)")
     group.add_argument("--ignore-empty", action=argparse.BooleanOptionalAction, default=False,
@@ -48,6 +48,8 @@ def check_args(args):
         raise L2GError(f"--num-crops must be at least 1, got {args.num_crops}")
     if not 0 < args.crop_size <= args.input_size:
         raise L2GError(f"--crop-size {args.crop_size} must be positive and at most --input-size {args.input_size}")
+    if args.background == "saliency" and not args.use_saliency:
+        raise L2GError("--background saliency needs --use-saliency")
     if args.kd_weight < 0 or args.global_cls_weight < 0:
         raise L2GError("--kd-weight and --global-cls-weight must be >= 0")
 
