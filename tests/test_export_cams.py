@@ -1,0 +1,97 @@
+"""CAM export: the file contract, multi-scale batching and shards."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from l2g_core.cam_io import cams_to_labels, load_cams, save_cams
+from l2g_core.cli import main
+from l2g_core.models import build_classifier
+from l2g_core.stages.export_cams import multiscale_cams
+
+
+def test_cam_file_round_trip_keeps_only_the_given_classes(tmp_path):
+    cams = np.random.default_rng(0).random((2, 5, 7)).astype(np.float32)
+    save_cams(tmp_path / "a.npz", cams, [3, 5])
+    loaded, classes = load_cams(tmp_path / "a.npz")
+    assert classes.tolist() == [3, 5] and loaded.shape == (2, 5, 7)
+    with np.load(tmp_path / "a.npz") as data:
+        assert data["cams"].dtype == np.float16
+    assert np.allclose(loaded, cams, atol=1e-3)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cams_to_labels_gives_ties_to_the_background():
+    cams = np.array([[[0.5, 0.2]], [[0.1, 0.9]]], dtype=np.float32)
+    assert cams_to_labels(cams, [2, 4], 0.5).tolist() == [[0, 4]]
+
+
+def test_batched_flipped_scales_equal_one_image_at_a_time():
+    torch.manual_seed(0)
+    model = build_classifier("small", 3).eval()
+    images = torch.randn(3, 3, 48, 40)
+    batched = multiscale_cams(model, images, [0.5, 1.0, 1.5], flip=True)
+    for i in range(3):
+        single = multiscale_cams(model, images[i:i + 1], [0.5, 1.0, 1.5], flip=True)
+        assert torch.allclose(batched[i:i + 1], single, atol=1e-5)
+    assert batched.shape == (3, 3, 48, 40)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    assert main(["make-synthetic", str(root / "data"), "--train", "10", "--val", "2", "--size", "64",
+                 "--workers", "1"]) == 0
+    manifest = root / "prep/manifest.json"
+    assert main(["prepare", "--name", "demo", "--kind", "synthetic", "--root", str(root / "data"),
+                 "--split", "train=train", "--split", "val=val", "--out", str(manifest)]) == 0
+    model = root / "cls/model.pt"
+    assert main(["train-cls", "--manifest", str(manifest), "--out", str(model), "--input-size", "64",
+                 "--epochs", "1", "--batch-size", "4", "--lr", "0.01"]) == 0
+    return root, manifest, model
+
+
+def _export(manifest, model, out, *extra):
+    return main(["export-cams", "--manifest", str(manifest), "--model", str(model), "--out", str(out),
+                 "--scales", "0.5", "1.0", "--batch-size", "3", *extra])
+
+
+def test_export_writes_present_classes_at_image_size(trained):
+    root, manifest, model = trained
+    out = root / "cams"
+    assert _export(manifest, model, out) == 0
+    labels = json.loads((root / "prep/labels.json").read_text())
+    ids = (root / "prep/train.txt").read_text().split()
+    listing = json.loads((out / "manifest.json").read_text())
+    assert listing["num_images"] == len(ids) and set(listing["files"]) == {f"{i}.npz" for i in ids}
+    for image_id in ids:
+        cams, classes = load_cams(out / f"{image_id}.npz")
+        assert classes.tolist() == labels[image_id]
+        assert cams.shape == (len(classes), 64, 64)
+        peaks = cams.reshape(len(classes), -1).max(axis=1)
+        assert cams.min() >= 0 and all(p == 0 or abs(p - 1) < 2e-3 for p in peaks)  # 0: no response
+
+
+def test_shards_together_equal_the_whole_export_bit_for_bit(trained):
+    root, manifest, model = trained
+    whole, sharded = root / "whole", root / "sharded"
+    assert _export(manifest, model, whole) == 0
+    assert _export(manifest, model, sharded, "--shard", "1/2") == 0
+    first = set(p.name for p in sharded.glob("*.npz"))
+    assert _export(manifest, model, sharded, "--shard", "2/2") == 0
+    names = sorted(p.name for p in whole.glob("*.npz"))
+    assert sorted(p.name for p in sharded.glob("*.npz")) == names and 0 < len(first) < len(names)
+    for name in names:
+        assert (whole / name).read_bytes() == (sharded / name).read_bytes()
+    shard_lists = [json.loads((sharded / f"manifest-shard-{i}-of-2.json").read_text())["files"] for i in (1, 2)]
+    assert not set(shard_lists[0]) & set(shard_lists[1])
+    assert set(shard_lists[0]) | set(shard_lists[1]) == set(names)
+
+
+def test_bad_shard_is_a_one_line_error(trained, capsys):
+    root, manifest, model = trained
+    assert _export(manifest, model, root / "bad", "--shard", "3/2") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--shard 3/2" in err[0]
