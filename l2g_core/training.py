@@ -71,6 +71,22 @@ def settings_from_args(args):
     return settings
 
 
+def start_training(args, stage):
+    """The common start of a training stage: settings checked, device chosen (and said), seeded.
+
+    Returns (manifest, settings, runtime)."""
+    from l2g_core.data.manifest import load_manifest
+    from l2g_core.runtime import setup_runtime
+
+    manifest = load_manifest(args.manifest)
+    settings = settings_from_args(args)
+    runtime = setup_runtime(args.device)
+    if runtime.is_main:
+        print(f"{stage} on {manifest['name']}: {runtime.describe()}", flush=True)
+    seed_everything(settings.seed)
+    return manifest, settings, runtime
+
+
 def check_settings(s):
     for name in ("epochs", "batch_size", "accumulate", "log_every"):
         if getattr(s, name) < 1:

@@ -43,3 +43,15 @@ def run_snakemake(workdir, *args, config=None, check=True):
 @pytest.fixture
 def snakemake_runner():
     return run_snakemake
+
+
+def prepare_tiny_dataset(root, train, val=2, size=64):
+    """A synthetic dataset under root/data, prepared into root/prep; returns the manifest path."""
+    from l2g_core.cli import main
+
+    assert main(["make-synthetic", str(root / "data"), "--train", str(train), "--val", str(val),
+                 "--size", str(size), "--seed", "0", "--workers", "1"]) == 0
+    manifest = root / "prep" / "manifest.json"
+    assert main(["prepare", "--name", "demo", "--kind", "synthetic", "--root", str(root / "data"),
+                 "--split", "train=train", "--split", "val=val", "--out", str(manifest)]) == 0
+    return manifest

@@ -11,6 +11,8 @@ from l2g_core.cli import main
 from l2g_core.models import build_classifier
 from l2g_core.stages.export_cams import multiscale_cams
 
+from conftest import prepare_tiny_dataset
+
 
 def test_cam_file_round_trip_keeps_only_the_given_classes(tmp_path):
     cams = np.random.default_rng(0).random((2, 5, 7)).astype(np.float32)
@@ -42,11 +44,7 @@ def test_batched_flipped_scales_equal_one_image_at_a_time():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    assert main(["make-synthetic", str(root / "data"), "--train", "10", "--val", "2", "--size", "64",
-                 "--workers", "1"]) == 0
-    manifest = root / "prep/manifest.json"
-    assert main(["prepare", "--name", "demo", "--kind", "synthetic", "--root", str(root / "data"),
-                 "--split", "train=train", "--split", "val=val", "--out", str(manifest)]) == 0
+    manifest = prepare_tiny_dataset(root, train=10)
     model = root / "cls/model.pt"
     assert main(["train-cls", "--manifest", str(manifest), "--out", str(model), "--input-size", "64",
                  "--epochs", "1", "--batch-size", "4", "--lr", "0.01"]) == 0

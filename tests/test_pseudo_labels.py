@@ -12,15 +12,13 @@ from l2g_core.data.layout import VOCLayout
 from l2g_core.evaluation import confusion, label_names, scores
 from l2g_core.stages.score_pseudo_labels import saliency_as_cams
 
+from conftest import prepare_tiny_dataset
+
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("pseudo")
-    assert main(["make-synthetic", str(root / "data"), "--train", "8", "--val", "2", "--size", "64",
-                 "--workers", "1"]) == 0
-    manifest = root / "prep/manifest.json"
-    assert main(["prepare", "--name", "demo", "--kind", "synthetic", "--root", str(root / "data"),
-                 "--split", "train=train", "--split", "val=val", "--out", str(manifest)]) == 0
+    manifest = prepare_tiny_dataset(root, train=8)
     layout = VOCLayout(root / "data")
     ids = (root / "prep/train.txt").read_text().split()
     labels = json.loads((root / "prep/labels.json").read_text())

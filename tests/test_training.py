@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +12,7 @@ from l2g_core.cli import main
 from l2g_core.model_io import load_classifier
 from l2g_core.training import TrainSettings, epoch_order, lr_factor
 
-from conftest import BIN
+from conftest import BIN, prepare_tiny_dataset
 
 CLS_OPTIONS = ["--input-size", "64", "--batch-size", "4", "--lr", "0.01", "--schedule", "poly", "--seed", "1"]
 L2G_OPTIONS = ["--input-size", "64", "--crop-size", "32", "--num-crops", "2", "--batch-size", "4", "--lr", "0.005",
@@ -22,13 +21,7 @@ L2G_OPTIONS = ["--input-size", "64", "--crop-size", "32", "--num-crops", "2", "-
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    assert main(["make-synthetic", str(root / "data"), "--train", "24", "--val", "4", "--size", "64",
-                 "--seed", "0", "--workers", "1"]) == 0
-    out = root / "prep" / "manifest.json"
-    assert main(["prepare", "--name", "demo", "--kind", "synthetic", "--root", str(root / "data"),
-                 "--split", "train=train", "--split", "val=val", "--out", str(out)]) == 0
-    return out
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("train"), train=24, val=4)
 
 
 @pytest.fixture(scope="module")

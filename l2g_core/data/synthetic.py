@@ -21,7 +21,6 @@ Every image has its own random stream seeded by (seed, split, index), so the out
 bytes for a seed, whatever the number of worker processes.
 """
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

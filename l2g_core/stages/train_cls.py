@@ -3,13 +3,11 @@
 import argparse
 from pathlib import Path
 
-from l2g_core.data.manifest import load_manifest
 from l2g_core.data.torch_data import LabelledImages
 from l2g_core.errors import L2GError
 from l2g_core.model_io import load_classifier, save_classifier
 from l2g_core.models import BACKBONES, build_classifier, classification_loss
-from l2g_core.runtime import seed_everything, setup_runtime
-from l2g_core.training import Trainer, add_training_arguments, settings_from_args
+from l2g_core.training import Trainer, add_training_arguments, start_training
 
 
 def add_model_arguments(parser):
@@ -35,12 +33,7 @@ def configure(parser):
 def run(args):
     if args.input_size < 32:
         raise L2GError(f"--input-size must be at least 32, got {args.input_size}")
-    manifest = load_manifest(args.manifest)
-    settings = settings_from_args(args)
-    runtime = setup_runtime(args.device)
-    if runtime.is_main:
-        print(f"train-cls on {manifest['name']}: {runtime.describe()}", flush=True)
-    seed_everything(settings.seed)
+    manifest, settings, runtime = start_training(args, "train-cls")
     if args.init_from:
         model, _ = load_classifier(args.init_from, class_names=manifest["class_names"])
     else:

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-from l2g_core.data.manifest import load_manifest
 from l2g_core.data.torch_data import LabelledImages
 from l2g_core.errors import L2GError
 from l2g_core.l2g import align_global, crop_batch, local_targets, sample_boxes, transfer_loss
 from l2g_core.model_io import load_classifier, save_classifier
 from l2g_core.models import classification_loss
-from l2g_core.runtime import seed_everything, setup_runtime
-from l2g_core.training import Trainer, add_training_arguments, settings_from_args
+from l2g_core.training import Trainer, add_training_arguments, start_training
 
 
 def configure(parser):
@@ -56,12 +54,7 @@ def check_args(args):
 
 def run(args):
     check_args(args)
-    manifest = load_manifest(args.manifest)
-    settings = settings_from_args(args)
-    runtime = setup_runtime(args.device)
-    if runtime.is_main:
-        print(f"train-l2g on {manifest['name']}: {runtime.describe()}", flush=True)
-    seed_everything(settings.seed)
+    manifest, settings, runtime = start_training(args, "train-l2g")
     global_net, _ = load_classifier(args.init_from, class_names=manifest["class_names"])
     local_net, _ = load_classifier(args.init_from, class_names=manifest["class_names"])
     if args.crop_size % global_net.stride:
