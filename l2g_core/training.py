@@ -20,9 +20,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from l2g_core.data.manifest import load_manifest
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import atomic_path, write_text
-from l2g_core.runtime import restore_rng_states, rng_states, seed_everything
+from l2g_core.runtime import restore_rng_states, rng_states, seed_everything, setup_runtime
 
 LR_MULTIPLIERS = (1.0, 2.0, 10.0, 20.0)
 
@@ -75,9 +76,6 @@ def start_training(args, stage):
     """The common start of a training stage: settings checked, device chosen (and said), seeded.
 
     Returns (manifest, settings, runtime)."""
-    from l2g_core.data.manifest import load_manifest
-    from l2g_core.runtime import setup_runtime
-
     manifest = load_manifest(args.manifest)
     settings = settings_from_args(args)
     runtime = setup_runtime(args.device)
@@ -152,7 +150,7 @@ class Trainer:
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         self.history = []
         self.start_epoch = 0
-        per_epoch = len(epoch_order(len(dataset), 0, 0, runtime.rank, runtime.world_size)) // settings.batch_size
+        per_epoch = len(dataset) // runtime.world_size // settings.batch_size  # as epoch_order shards
         if per_epoch < 1:
             raise L2GError(f"only {len(dataset)} training images for a batch size of {settings.batch_size}")
         self.updates_per_epoch = max(1, per_epoch // settings.accumulate)
