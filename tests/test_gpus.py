@@ -1,0 +1,274 @@
+"""GPU claims: `l2g with-gpus` gives each job distinct devices and frees them however it ends.
+
+Real processes and real flock locks throughout; L2G_FAKE_GPUS pretends devices on a CPU machine,
+and every test keeps its lock folder in tmp_path.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from l2g_core import gpus
+from l2g_core.errors import L2GError
+from l2g_core.stages.with_gpus import ddp_command
+
+from conftest import BIN
+
+L2G = str(BIN / "l2g")
+
+
+def gpu_env(tmp_path, fake=2, **extra):
+    """The test's environment without any real device setting, with `fake` devices and private locks."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", gpus.FAKE_ENV, gpus.LOCK_DIR_ENV)}
+    env.update({gpus.FAKE_ENV: str(fake), gpus.LOCK_DIR_ENV: str(tmp_path / "locks"),
+                "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    env.update(extra)
+    return env
+
+
+def wait_for(predicate, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    """Start held jobs: `l2g with-gpus` whose child writes "CUDA_VISIBLE_DEVICES PID" to NAME.out
+    and then runs until NAME.go exists. Each job is a session of its own, killed at teardown."""
+    started = []
+
+    def start(name, count=1, env=None, wait_timeout=None):
+        child = (f'echo "$CUDA_VISIBLE_DEVICES $$" > {name}.tmp && mv {name}.tmp {name}.out; '
+                 f'while [ ! -e {name}.go ]; do sleep 0.05; done')
+        timeout = ["--wait-timeout", str(wait_timeout)] if wait_timeout is not None else []
+        with open(tmp_path / f"{name}.err", "w") as err:
+            proc = subprocess.Popen([L2G, "with-gpus", "--count", str(count), *timeout, "--", "sh", "-c", child],
+                                    cwd=tmp_path, env=env or gpu_env(tmp_path), stderr=err, start_new_session=True)
+        started.append(proc)
+        return proc
+
+    def claimed(name):
+        """(devices, child pid) once the job's child runs."""
+        out = tmp_path / f"{name}.out"
+        wait_for(out.exists, what=f"{name} to start")
+        devices, pid = out.read_text().split()
+        return devices.split(","), int(pid)
+
+    def release(name, proc):
+        (tmp_path / f"{name}.go").touch()
+        assert proc.wait(timeout=15) == 0
+
+    yield start, claimed, release
+    for proc in started:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the job's session: wrapper and child
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def with_gpus(tmp_path, *args, env=None):
+    return subprocess.run([L2G, "with-gpus", *args], check=False, cwd=tmp_path, env=env or gpu_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+
+
+# --- visible devices and the lock folder (pure) ---
+
+@pytest.mark.parametrize("value, expected", [
+    ("0,1", ["0", "1"]),
+    ("2, 3", ["2", "3"]),
+    ("GPU-8f2a-11,GPU-0b7c-22", ["GPU-8f2a-11", "GPU-0b7c-22"]),
+    ("", []),
+    ("-1", []),
+    ("1,-1,2", ["1"]),
+])
+def test_cuda_visible_devices_entries(value, expected):
+    devices, source = gpus.visible_devices({"CUDA_VISIBLE_DEVICES": value, gpus.FAKE_ENV: "8"})
+    assert devices == expected
+    assert source.startswith("CUDA_VISIBLE_DEVICES=")
+
+
+def test_fake_devices_when_cuda_visible_devices_is_unset():
+    assert gpus.visible_devices({gpus.FAKE_ENV: "3"}) == (["0", "1", "2"], "L2G_FAKE_GPUS=3")
+    assert gpus.visible_devices({gpus.FAKE_ENV: "0"})[0] == []
+    with pytest.raises(L2GError, match="L2G_FAKE_GPUS='two'"):
+        gpus.visible_devices({gpus.FAKE_ENV: "two"})
+
+
+def test_devices_from_nvidia_smi_or_none(tmp_path):
+    assert gpus.visible_devices({"PATH": str(tmp_path)})[0] == []  # no nvidia-smi on PATH
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n"
+                   "echo 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa)'\n"
+                   "echo '  MIG 1g.10gb     Device  0: (UUID: MIG-bbbb)'\n"
+                   "echo 'GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-cccc)'\n")
+    smi.chmod(0o755)
+    assert gpus.visible_devices({"PATH": str(tmp_path)}) == (["0", "1"], "nvidia-smi -L")
+
+
+def test_lock_folder_per_user_and_per_slurm_allocation(tmp_path):
+    assert gpus.lock_dir({}) == Path(f"/tmp/l2g-gpu-locks-{os.getuid()}")
+    assert gpus.lock_dir({"SLURM_JOB_ID": "4242"}) == Path(f"/tmp/l2g-gpu-locks-{os.getuid()}-4242")
+    assert gpus.lock_dir({gpus.LOCK_DIR_ENV: str(tmp_path / "l")}) == tmp_path / "l"
+    assert gpus.lock_dir({gpus.LOCK_DIR_ENV: str(tmp_path / "l"), "SLURM_JOB_ID": "7"}) == tmp_path / "l-7"
+    assert gpus.lock_path(tmp_path, "MIG-GPU-ab/1/0").name == "gpu-MIG-GPU-ab_1_0.lock"
+
+
+def test_claims_in_one_process_are_all_or_nothing(tmp_path):
+    first = gpus.try_claim(["0", "1", "2"], 2, tmp_path)
+    assert first.devices == ["0", "1"]
+    assert gpus.try_claim(["0", "1", "2"], 2, tmp_path) is None  # only "2" is free: nothing is kept
+    with gpus.try_claim(["0", "1", "2"], 1, tmp_path) as second:
+        assert second.devices == ["2"]
+    first.release()
+    assert gpus.try_claim(["0", "1", "2"], 3, tmp_path).devices == ["0", "1", "2"]
+
+
+# --- l2g with-gpus, real processes ---
+
+def test_concurrent_jobs_get_distinct_devices_and_a_third_waits(tmp_path, jobs):
+    start, claimed, release = jobs
+    a, b = start("a"), start("b")
+    (device_a, _), (device_b, _) = claimed("a"), claimed("b")
+    assert sorted(device_a + device_b) == ["0", "1"]
+    assert "claimed GPU(s)" in (tmp_path / "a.err").read_text()
+
+    c = start("c")
+    wait_for(lambda: "waiting for 1 free GPU(s)" in (tmp_path / "c.err").read_text(), what="c to wait")
+    assert not (tmp_path / "c.out").exists()
+    release("a", a)
+    assert claimed("c")[0] == device_a
+    assert (tmp_path / "c.err").read_text().count("waiting") == 1
+    release("b", b)
+    release("c", c)
+
+
+def test_killed_job_and_child_free_their_device(tmp_path, jobs):
+    start, claimed, _ = jobs
+    env = gpu_env(tmp_path, fake=1)
+    a = start("a", env=env)
+    assert claimed("a")[0] == ["0"]
+    os.killpg(a.pid, signal.SIGKILL)  # wrapper and child
+    a.wait()
+    result = with_gpus(tmp_path, "--count", "1", "--wait-timeout", "5", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES",
+                       env=env)
+    assert (result.returncode, result.stdout) == (0, "0\n")
+
+
+def test_claim_lasts_while_the_child_outlives_a_killed_wrapper(tmp_path, jobs):
+    start, claimed, _ = jobs
+    env = gpu_env(tmp_path, fake=1)
+    a = start("a", env=env)
+    _, child_pid = claimed("a")
+    a.kill()  # SIGKILL, the wrapper only
+    a.wait()
+    os.kill(child_pid, 0)  # the child still runs ...
+    held = with_gpus(tmp_path, "--count", "1", "--wait-timeout", "1", "--", "true", env=env)
+    assert held.returncode == 1  # ... and still holds the device
+    assert held.stderr.splitlines()[-1].startswith("l2g with-gpus: error: no 1 free GPU(s) of 0 after waiting 1 s")
+    os.kill(child_pid, signal.SIGKILL)
+    result = with_gpus(tmp_path, "--count", "1", "--wait-timeout", "5", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES",
+                       env=env)
+    assert (result.returncode, result.stdout) == (0, "0\n")
+
+
+def test_two_gpu_job_gets_two_distinct_free_devices(tmp_path, jobs):
+    start, claimed, release = jobs
+    env = gpu_env(tmp_path, fake=3)
+    a = start("a", env=env)
+    assert claimed("a")[0] == ["0"]
+    result = with_gpus(tmp_path, "--count", "2", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES", env=env)
+    assert (result.returncode, result.stdout) == (0, "1,2\n")
+    assert "claimed GPU(s) 1,2 of 0,1,2" in result.stderr
+    release("a", a)
+
+
+def test_count_zero_runs_on_the_cpu(tmp_path):
+    env = gpu_env(tmp_path, CUDA_VISIBLE_DEVICES="0,1")
+    result = with_gpus(tmp_path, "--count", "0", "--", "sh", "-c", 'echo "[${CUDA_VISIBLE_DEVICES-unset}]"', env=env)
+    assert (result.returncode, result.stdout) == (0, "[]\n")
+    assert "no GPU requested: sh -c" in result.stderr and "runs on the CPU" in result.stderr
+    assert not (tmp_path / "locks").exists()
+
+
+def test_more_devices_than_visible_is_one_line(tmp_path):
+    result = with_gpus(tmp_path, "--count", "3", "--", "true")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["l2g with-gpus: error: --count 3: only 2 GPU(s) visible (L2G_FAKE_GPUS=2)"]
+
+
+def test_exit_status_is_the_childs(tmp_path):
+    assert with_gpus(tmp_path, "--count", "1", "--", "sh", "-c", "exit 3").returncode == 3
+    assert with_gpus(tmp_path, "--count", "1", "--", "sh", "-c", "kill -TERM $$").returncode == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_are_forwarded_to_the_child(tmp_path, signum):
+    name = signal.Signals(signum).name[3:]
+    child = f"trap 'echo got-{name} > got; exit 7' {name}; touch started; while :; do sleep 0.05; done"
+    proc = subprocess.Popen([L2G, "with-gpus", "--count", "1", "--", "sh", "-c", child], cwd=tmp_path,
+                            env=gpu_env(tmp_path), stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for((tmp_path / "started").exists, what="the child to start")
+        proc.send_signal(signum)  # to the wrapper only; it passes it on
+        assert proc.wait(timeout=15) == 7
+        assert (tmp_path / "got").read_text() == f"got-{name}\n"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_ddp_command_line(tmp_path):
+    expected_tail = ["--standalone", "--nproc_per_node", "2", "-m", "l2g_core.cli", "train-l2g", "--epochs", "3"]
+    assert ddp_command(["l2g", "train-l2g", "--epochs", "3"], 2) == [str(BIN / "torchrun"), *expected_tail]
+    assert ddp_command(["/elsewhere/bin/l2g", "train-l2g", "--epochs", "3"], 2)[1:] == expected_tail
+    python = str(tmp_path / "python")  # a folder without torchrun
+    assert ddp_command(["l2g", "train-l2g", "--epochs", "3"], 2, python=python) == \
+        [python, "-m", "torch.distributed.run", *expected_tail]
+    with pytest.raises(L2GError, match="--ddp: COMMAND must be an l2g stage"):
+        ddp_command(["python", "train.py"], 2)
+
+
+def test_ddp_launches_one_process_per_claimed_device(tmp_path):
+    result = with_gpus(tmp_path, "--count", "2", "--ddp", "--", "l2g", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["l2g 0.1.0", "l2g 0.1.0"]  # torchrun ran two ranks
+    assert "claimed GPU(s) 0,1 of 0,1; 2 DDP processes under torchrun" in result.stderr
+    bad = with_gpus(tmp_path, "--count", "2", "--ddp", "--", sys.executable, "-V")
+    assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("gpu_slots", [2, 4])  # 4: Snakemake over-commits and the claims make jobs wait
+def test_snakemake_jobs_never_share_a_device(tmp_path, gpu_slots):
+    rules = "rule all:\n    input: expand('out/{i}.txt', i=range(4))\n"
+    for index in range(4):
+        rules += (f"\nrule job{index}:\n    output: 'out/{index}.txt'\n    resources: gpu=1\n"
+                  "    shell: \"l2g with-gpus --count {resources.gpu} -- sh -c "
+                  "'echo $CUDA_VISIBLE_DEVICES $(date +%s.%N) > {output}; sleep 1; date +%s.%N >> {output}'\"\n")
+    (tmp_path / "Snakefile").write_text(rules)
+    result = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(tmp_path / "Snakefile"),
+                             "--directory", str(tmp_path), "--cores", "4", "--resources", f"gpu={gpu_slots}"],
+                            check=False, cwd=tmp_path, env=gpu_env(tmp_path), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = []
+    for index in range(4):
+        first, second = (tmp_path / "out" / f"{index}.txt").read_text().split("\n")[:2]
+        device, begin = first.split()
+        runs.append((device, float(begin), float(second)))
+    assert {device for device, _, _ in runs} <= {"0", "1"}
+    overlapping = [(x, y) for i, x in enumerate(runs) for y in runs[i + 1:] if x[1] < y[2] and y[1] < x[2]]
+    assert overlapping, runs  # two jobs did run side by side ...
+    assert all(x[0] != y[0] for x, y in overlapping), runs  # ... each on its own device
+    if gpu_slots > 2:
+        assert "waiting for 1 free GPU(s)" in result.stdout + result.stderr
