@@ -50,3 +50,13 @@ def cams_to_labels(cams, classes, threshold):
     labels = np.asarray(classes, dtype=np.uint8)[best]
     labels[cams.max(axis=0) <= threshold] = 0
     return labels
+
+
+def saliency_as_cams(cams, saliency):
+    """CAM-shaped maps whose argmax is the CAM's class and whose peak is `saliency` (H, W): the
+    saliency map decides foreground against a threshold, the CAMs only which class it is."""
+    if len(cams) == 0:
+        return cams
+    winner = cams.argmax(axis=0)
+    one_hot = np.arange(len(cams))[:, None, None] == winner[None]
+    return (one_hot * np.asarray(saliency, dtype=np.float32)[None]).astype(np.float32)

@@ -23,7 +23,13 @@ STAGES = (
     ("refine", "l2g_core.stages.refine", "CRF refinement: pseudo labels from CAMs"),
     ("score-pseudo-labels", "l2g_core.stages.score_pseudo_labels",
      "pseudo labels against the ground truth, beside the no-CRF and saliency baselines"),
+    ("train-seg", "l2g_core.stages.train_seg", "DeepLab-v2 trained on the pseudo labels (or the ground truth)"),
+    ("predict-seg", "l2g_core.stages.predict_seg", "multi-scale, flipped DeepLab predictions, optionally CRF-refined"),
+    ("score-seg", "l2g_core.stages.score_seg", "the final mIoU of the predictions, with the earlier stages' numbers"),
+    ("gather", "l2g_core.stages.gather", "join the shards of a per-image stage into one complete folder"),
     ("evaluate", "l2g_core.stages.evaluate", "score label maps, or CAMs over background thresholds: mIoU and per-class IoU"),
+    ("with-gpus", "l2g_core.stages.with_gpus",
+     "run a command on N GPUs of its own: claim free devices, set CUDA_VISIBLE_DEVICES, release at exit"),
 )
 
 

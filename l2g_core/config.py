@@ -78,10 +78,21 @@ def check_dataset(name, dataset):
     elif root is not None and not Path(root).is_dir():
         raise L2GError(f"datasets.{name}.root: folder {root} does not exist; set it to the folder "
                        f"holding JPEGImages/ and SegmentationClassAug/")
-    l2g = dataset.get("train_l2g")
-    if l2g and l2g["crop_size"] > l2g["input_size"]:
+    l2g = dataset["train_l2g"]
+    if l2g["crop_size"] > l2g["input_size"]:
         raise L2GError(f"datasets.{name}.train_l2g.crop_size: {l2g['crop_size']} is larger than "
                        f"input_size {l2g['input_size']}; crops are cut from the input")
+    refine = dataset["refine"]
+    if refine.get("background") == "saliency" and refine.get("threshold") is None and not refine.get("ignore_band"):
+        raise L2GError(f"datasets.{name}.refine: background saliency needs a saliency threshold or an "
+                       f"ignore_band (the CAM stage's best threshold is a CAM threshold)")
+    for key in ("train_cls", "train_l2g", "train_seg"):
+        if ("epochs" in dataset[key]) == ("iterations" in dataset[key]):
+            raise L2GError(f"datasets.{name}.{key}: give the training budget as epochs or iterations, one of them")
+    threads = dataset["jobs"]["threads"]
+    for rule, value in threads.items():
+        if value < 1:
+            raise L2GError(f"datasets.{name}.jobs.threads.{rule}: {value} is out of range (must be >= 1)")
 
 
 def require_root(config, name):

@@ -32,6 +32,8 @@ images (~500 px); the narrow colour std keeps labels from crossing visible edges
 
 import numpy as np
 
+from l2g_core.cam_io import cams_to_labels, saliency_as_cams
+
 EPS = 1e-5
 
 DEFAULT_CRF_PARAMS = {
@@ -42,6 +44,40 @@ DEFAULT_CRF_PARAMS = {
     "bi_xy_std": 50.0,  # spatial std of the bilateral kernel, pixels
     "bi_rgb_std": 5.0,  # colour std of the bilateral kernel, RGB levels (0..255)
 }
+
+
+# Post-processing of DeepLab predictions: deeplab-pytorch's values (its configs/*.yaml, CRF).
+DEEPLAB_CRF_PARAMS = {"iterations": 10, "pos_w": 3.0, "pos_xy_std": 1.0, "bi_w": 4.0, "bi_xy_std": 67.0,
+                      "bi_rgb_std": 3.0}
+
+# (option, key of the parameter dicts, type, help) of the commands that run a CRF.
+CRF_OPTIONS = (
+    ("--iterations", "iterations", int, "mean-field iterations"),
+    ("--pos-w", "pos_w", float, "weight of the Gaussian (smoothness) kernel"),
+    ("--pos-xy-std", "pos_xy_std", float, "spatial std of the Gaussian kernel, pixels"),
+    ("--bi-w", "bi_w", float, "weight of the bilateral (appearance) kernel"),
+    ("--bi-xy-std", "bi_xy_std", float, "spatial std of the bilateral kernel, pixels"),
+    ("--bi-rgb-std", "bi_rgb_std", float, "colour std of the bilateral kernel, RGB levels"),
+)
+
+
+def add_crf_arguments(parser, defaults, title):
+    group = parser.add_argument_group(title)
+    for option, key, kind, text in CRF_OPTIONS:
+        group.add_argument(option, dest=key, type=kind, default=defaults[key],
+                           help=f"{text} (default {defaults[key]:g})")
+
+
+def crf_params_from_args(args):
+    """The CRF parameters of parsed options, checked (L2GError names the option)."""
+    from l2g_core.errors import L2GError
+
+    params = {key: getattr(args, key) for _, key, _, _ in CRF_OPTIONS}
+    for option, key, _, _ in CRF_OPTIONS:
+        value, least = params[key], (0 if key in ("iterations", "pos_w", "bi_w") else 1e-6)
+        if not value >= least:  # also refuses NaN
+            raise L2GError(f"{option} {value:g}: must be {'>= 0' if least == 0 else '> 0'}")
+    return params
 
 
 def dense_crf(image, probs, *, iterations, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std):
@@ -103,7 +139,6 @@ def scores_to_probs(scores):
 
 def _labelling(image, cams, classes, bg_score, crf_params, use_crf):
     if not use_crf:
-        from l2g_core.cam_io import cams_to_labels
         return cams_to_labels(np.asarray(cams, dtype=np.float32), classes, bg_score)
     scores, channel_labels = cam_scores(cams, classes, bg_score)
     if len(channel_labels) == 1:  # no class present: all background, nothing for a CRF to do
@@ -112,7 +147,23 @@ def _labelling(image, cams, classes, bg_score, crf_params, use_crf):
     return channel_labels[marginals.argmax(axis=0)]  # ties go to channel 0, the background
 
 
-def refine_labels(image, cams, classes, *, threshold=None, crf_params=None, use_crf=True, ignore_band=None):
+def evidence_maps(cams, saliency=None):
+    """(strict, loose) foreground evidence of each present class, CAM-shaped (K, H, W).
+
+    Without saliency both are the CAMs. With a saliency map (background from saliency), strict
+    is the saliency given to the CAM's winning class (foreground where the detector sees an
+    object), loose the larger of saliency and CAM peak, so that a pixel the CAM is sure of is
+    never confidently background even where the detector missed the object.
+    """
+    if saliency is None:
+        return cams, cams
+    strict = saliency_as_cams(cams, saliency)
+    peak = cams.max(axis=0) if len(cams) else 0.0
+    return strict, saliency_as_cams(cams, np.maximum(saliency, peak))
+
+
+def refine_labels(image, cams, classes, *, threshold=None, crf_params=None, use_crf=True, ignore_band=None,
+                  saliency=None):
     """Pseudo label map (H, W) uint8 of mask class indices (255 = ignore) from one image's CAMs.
 
     image        H x W x 3 uint8 (only used by the CRF)
@@ -121,22 +172,28 @@ def refine_labels(image, cams, classes, *, threshold=None, crf_params=None, use_
     crf_params   keyword arguments of `dense_crf` (default DEFAULT_CRF_PARAMS; missing keys too)
     use_crf      False: the plain argmax of the official L2G gen_gt.py, exactly
                  `cam_io.cams_to_labels(cams, classes, threshold)`
-    ignore_band  (low, high): label with background score `low` (more foreground) and `high`
-                 (more background), keep the label where both agree and mark 255 where they
-                 disagree (IRN-style confident regions). Replaces `threshold`, which must then be None.
+    ignore_band  (low, high): label the loose evidence with background score `low` (more
+                 foreground) and the strict evidence with `high` (more background), keep the label
+                 where both agree and mark 255 where they disagree (IRN-style confident regions).
+                 Replaces `threshold`, which must then be None.
+    saliency     (H, W) in [0, 1], or None: with it the background comes from the saliency map
+                 and the CAMs only name the class (`evidence_maps`), as saliency-based WSSS
+                 pipelines make their pseudo labels; the thresholds then apply to saliency.
     """
     params = dict(DEFAULT_CRF_PARAMS, **(crf_params or {}))
+    cams = np.asarray(cams, dtype=np.float32)
+    strict, loose = evidence_maps(cams, saliency)
     if ignore_band is None:
         if threshold is None:
             raise ValueError("give a threshold or an ignore band")
-        return _labelling(image, cams, classes, threshold, params, use_crf)
+        return _labelling(image, strict, classes, threshold, params, use_crf)
     if threshold is not None:
         raise ValueError("an ignore band replaces the threshold; give one of them")
     low, high = ignore_band
     if low > high:
         raise ValueError(f"ignore band ({low}, {high}): low must not exceed high")
-    loose = _labelling(image, cams, classes, low, params, use_crf)
-    strict = _labelling(image, cams, classes, high, params, use_crf)
-    labels = loose.copy()
-    labels[loose != strict] = 255
+    loose_labels = _labelling(image, loose, classes, low, params, use_crf)
+    strict_labels = _labelling(image, strict, classes, high, params, use_crf)
+    labels = loose_labels.copy()
+    labels[loose_labels != strict_labels] = 255
     return labels

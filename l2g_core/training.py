@@ -30,7 +30,7 @@ LR_MULTIPLIERS = (1.0, 2.0, 10.0, 20.0)
 
 @dataclass
 class TrainSettings:
-    epochs: int
+    epochs: int | None  # the budget: epochs, or optimizer updates (iterations), one of the two
     batch_size: int
     lr: float
     weight_decay: float = 5e-4
@@ -44,11 +44,14 @@ class TrainSettings:
     workers: int = 0
     amp: bool = True
     log_every: int = 10
+    iterations: int | None = None
 
 
 def add_training_arguments(parser):
     group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, required=True, help="number of epochs")
+    budget = group.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--epochs", type=int, help="training budget in epochs")
+    budget.add_argument("--iterations", type=int, help="training budget in optimizer updates (DeepLab style)")
     group.add_argument("--batch-size", type=int, required=True, help="images per step and process")
     group.add_argument("--lr", type=float, required=True, help="base learning rate (new layers get 10x/20x)")
     group.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
@@ -86,8 +89,10 @@ def start_training(args, stage):
 
 
 def check_settings(s):
-    for name in ("epochs", "batch_size", "accumulate", "log_every"):
-        if getattr(s, name) < 1:
+    if (s.epochs is None) == (s.iterations is None):
+        raise L2GError("give the training budget as --epochs or --iterations, one of them")
+    for name in ("epochs", "iterations", "batch_size", "accumulate", "log_every"):
+        if getattr(s, name) is not None and getattr(s, name) < 1:
             raise L2GError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
     if s.lr <= 0:
         raise L2GError(f"--lr must be positive, got {s.lr}")
@@ -118,6 +123,15 @@ def fingerprint(obj):
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def file_digest(path, chunk=1 << 20):
+    """sha256 of a file's bytes: a checkpoint made from other input files must not be resumed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def epoch_order(num_items, seed, epoch, rank=0, world_size=1):
     """The shuffled indices one process visits in one epoch (equal counts across processes)."""
     generator = torch.Generator().manual_seed(seed * 1000003 + epoch)
@@ -135,9 +149,11 @@ class Trainer:
     """Runs `step(batch, generator) -> {"loss": tensor, other name: tensor}` over epochs.
 
     models: {name: module}; every model is trained and checkpointed under its name.
+    describe: the stage's own settings; inputs: the files it learns from (manifest, init model,
+    label manifest). Both, with the training settings, make the fingerprint a resume must match.
     """
 
-    def __init__(self, models, dataset, settings, runtime, out_dir, describe):
+    def __init__(self, models, dataset, settings, runtime, out_dir, describe, inputs=()):
         self.settings = settings
         self.runtime = runtime
         self.out_dir = Path(out_dir)
@@ -146,7 +162,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.models.values(), settings)
         self.wrapped = {name: DistributedDataParallel(m) if runtime.distributed else m
                         for name, m in self.models.items()}
-        self.fingerprint = fingerprint({"settings": asdict(settings), "describe": describe})
+        self.fingerprint = fingerprint({"settings": asdict(settings), "describe": describe,
+                                        "inputs": {str(p): file_digest(p) for p in inputs if p}})
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         self.history = []
         self.start_epoch = 0
@@ -154,7 +171,12 @@ class Trainer:
         if per_epoch < 1:
             raise L2GError(f"only {len(dataset)} training images for a batch size of {settings.batch_size}")
         self.updates_per_epoch = max(1, per_epoch // settings.accumulate)
-        self.total_updates = self.updates_per_epoch * settings.epochs
+        if settings.iterations is not None:  # the last epoch stops part-way at the budget
+            self.total_updates = settings.iterations
+            self.epochs = -(-settings.iterations // self.updates_per_epoch)
+        else:
+            self.total_updates = self.updates_per_epoch * settings.epochs
+            self.epochs = settings.epochs
 
     def autocast(self):
         if self.runtime.device.type == "cuda" and self.settings.amp:
@@ -210,13 +232,13 @@ class Trainer:
         if self.runtime.is_main:
             print(message, flush=True)
         s = self.settings
-        for epoch in range(self.start_epoch, s.epochs):
+        for epoch in range(self.start_epoch, self.epochs):
             for model in self.models.values():
                 model.train()
             sums, count = {}, 0
             update = epoch * self.updates_per_epoch
-            batches = self.updates_per_epoch * s.accumulate
-            bar = tqdm(total=batches, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch",
+            batches = min(self.updates_per_epoch, self.total_updates - update) * s.accumulate
+            bar = tqdm(total=batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
                        disable=not self.runtime.is_main, mininterval=2.0)
             self.optimizer.zero_grad(set_to_none=True)
             for index, batch in enumerate(self.loader(epoch)):

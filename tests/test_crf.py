@@ -137,10 +137,10 @@ def test_stage_writes_palette_labels_and_manifest_last(dataset):
     out = dataset["tmp"] / "labels"
     assert refine(dataset, out, "--threshold", "0.3", "--workers", "1") == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [f["name"] for f in manifest["files"]] == [f"{i}.png" for i in IDS]
-    for entry, image_id in zip(manifest["files"], IDS):
-        path = out / entry["name"]
-        assert entry["bytes"] == path.stat().st_size
+    assert list(manifest["files"]) == [f"{i}.png" for i in IDS] and manifest["ids"] == IDS
+    for image_id in IDS:
+        path = out / f"{image_id}.png"
+        assert manifest["files"][path.name] == path.stat().st_size
         with Image.open(path) as png:
             assert png.mode == "P" and png.size == (WIDTH, HEIGHT)
             labels = np.asarray(png)
@@ -180,11 +180,11 @@ def test_shards_together_equal_the_full_run(dataset):
     assert refine(dataset, full, "--threshold", "0.3", "--workers", "2") == 0  # a process pool
     assert refine(dataset, sharded, "--threshold", "0.3", "--workers", "1", "--shard", "1/2") == 0
     first = json.loads((sharded / "manifest-shard-1-of-2.json").read_text())
-    assert [f["name"] for f in first["files"]] == [f"{i}.png" for i in IDS[0::2]]
+    assert list(first["files"]) == [f"{i}.png" for i in IDS[0::2]]
     assert not (sharded / "manifest.json").exists()
     assert refine(dataset, sharded, "--threshold", "0.3", "--workers", "1", "--shard", "2/2") == 0
     second = json.loads((sharded / "manifest-shard-2-of-2.json").read_text())
-    assert [f["name"] for f in second["files"]] == [f"{i}.png" for i in IDS[1::2]]
+    assert list(second["files"]) == [f"{i}.png" for i in IDS[1::2]]
     assert first["shard"] == "1/2" and second["shard"] == "2/2"
     assert pngs(sharded) == pngs(full) and len(pngs(full)) == len(IDS)
 
@@ -207,3 +207,16 @@ def test_bad_settings_are_one_line(dataset, capsys):
     assert len(err) == 3 and "outside [0, 1]" in err[0] and "metrics file not found" in err[1]
     assert "--shard 3/2" in err[2]
     assert not (dataset["tmp"] / "x").exists()
+
+
+def test_saliency_background_with_an_ignore_band():
+    # pixels: salient owl | salient, CAM says fox | undecided saliency | missed by saliency, strong CAM | empty
+    cams = np.array([[[0.9, 0.2, 0.1, 0.8, 0.1]],
+                     [[0.1, 0.6, 0.1, 0.1, 0.0]]], dtype=np.float32)
+    saliency = np.array([[0.9, 0.7, 0.3, 0.05, 0.1]], dtype=np.float32)
+    labels = refine_labels(None, cams, [1, 2], ignore_band=(0.2, 0.4), saliency=saliency, use_crf=False)
+    # foreground where saliency > 0.4 (class from the CAM); background only where saliency and
+    # CAM both stay <= 0.2; a CAM-sure object the detector missed is ignored, not background
+    assert labels.tolist() == [[1, 2, 255, 255, 0]]
+    at_threshold = refine_labels(None, cams, [1, 2], threshold=0.5, saliency=saliency, use_crf=False)
+    assert at_threshold.tolist() == [[1, 2, 0, 0, 0]]  # the saliency baseline's labelling

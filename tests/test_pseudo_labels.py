@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from l2g_core.cam_io import cams_to_labels, save_cams
+from l2g_core.cam_io import cams_to_labels, saliency_as_cams, save_cams
 from l2g_core.cli import main
 from l2g_core.data.layout import VOCLayout
 from l2g_core.evaluation import confusion, label_names, scores
-from l2g_core.stages.score_pseudo_labels import saliency_as_cams
+
 
 from conftest import prepare_tiny_dataset
 
@@ -38,8 +38,7 @@ def test_scores_written_labels_no_crf_and_saliency_baseline(prepared):
                  "--threshold-from", str(root / "cams/miou.json"), "--workers", "1"]) == 0
     out = root / "labels/miou.json"
     assert main(["score-pseudo-labels", "--manifest", str(manifest), "--labels", str(root / "labels"),
-                 "--cams", str(root / "cams"), "--threshold-from", str(root / "cams/miou.json"),
-                 "--saliency-thresholds", "0.3", "0.5", "0.7", "--out", str(out)]) == 0
+                 "--cams", str(root / "cams"), "--saliency-thresholds", "0.3", "0.5", "0.7", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["threshold"] == 0.5 and result["num_images"] == len(ids)
     # by hand: the same three numbers with plain loops
@@ -71,8 +70,23 @@ def test_saliency_as_cams_keeps_the_cam_class_and_the_saliency_value():
 def test_missing_pseudo_label_is_a_one_line_error(prepared, tmp_path, capsys):
     root, manifest, _, _ = prepared
     code = main(["score-pseudo-labels", "--manifest", str(manifest), "--labels", str(tmp_path),
-                 "--cams", str(root / "cams"), "--threshold-from", str(root / "cams/miou.json"),
-                 "--out", str(tmp_path / "miou.json")])
+                 "--cams", str(root / "cams"), "--out", str(tmp_path / "miou.json")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "pseudo label" in err[0]
+    assert code == 1 and len(err) == 1 and f"{tmp_path / 'manifest.json'}: not found" in err[0]
     assert not (tmp_path / "miou.json").exists()
+
+
+def test_no_crf_score_uses_the_settings_the_labels_were_made_with(prepared):
+    root, manifest, layout, ids = prepared
+    labels, out = root / "sal_labels", root / "sal_labels/miou.json"
+    assert main(["refine", "--manifest", str(manifest), "--cams", str(root / "cams"), "--out", str(labels),
+                 "--background", "saliency", "--ignore-band", "0.2", "0.4", "--no-crf", "--workers", "1"]) == 0
+    assert main(["score-pseudo-labels", "--manifest", str(manifest), "--labels", str(labels),
+                 "--cams", str(root / "cams"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["background"] == "saliency" and result["ignore_band"] == [0.2, 0.4]
+    assert result["miou_no_crf"] == result["miou"]  # written without the CRF: the same labels
+    written = [np.asarray(Image.open(labels / f"{i}.png")) for i in ids]
+    ignored = sum(((w == 255) & (layout.load_mask(i) != 255)).sum() for w, i in zip(written, ids))
+    labelled = sum((layout.load_mask(i) != 255).sum() for i in ids)
+    assert result["ignored_fraction"] == pytest.approx(ignored / labelled) and ignored > 0

@@ -79,3 +79,60 @@ def _colour_jitter(rgb, rng, strength=0.3):
     gray = x.mean(axis=2, keepdims=True)
     x = (x - gray) * saturation + gray
     return np.clip(x, 0, 255).astype(np.uint8)
+
+
+class SegmentationCrops(Dataset):
+    """DeepLab training samples: image and label map, randomly scaled, cropped and flipped.
+
+    labels_dir: a folder of label PNGs ID.png (pseudo labels), or None for the ground truth masks.
+    Each sample is scaled by a factor drawn from `scale_range` (image bilinear, labels nearest),
+    padded to at least crop_size (image with the mean, i.e. 0 after normalisation; labels with
+    255, ignored) and cropped to crop_size x crop_size at a random place, then flipped half the
+    time. The draws come from a generator seeded by (seed, epoch, index), as in LabelledImages.
+    """
+
+    def __init__(self, manifest, split, crop_size, *, labels_dir=None, scale_range=(0.5, 1.5), seed=0):
+        self.layout = VOCLayout(manifest["root"])
+        self.ids = split_ids(manifest, split)
+        self.labels_dir = Path(labels_dir) if labels_dir is not None else None
+        self.crop_size = crop_size
+        self.scale_range = tuple(scale_range)
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.ids)
+
+    def label_path(self, image_id):
+        return self.layout.mask_path(image_id) if self.labels_dir is None else self.labels_dir / f"{image_id}.png"
+
+    def load_label(self, image_id):
+        path = self.label_path(image_id)
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image, dtype=np.uint8)
+        except OSError as error:
+            raise L2GError(f"{path}: cannot read label map ({error})") from None
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        rgb, label = self.layout.load_image(image_id), self.load_label(image_id)
+        if label.shape != rgb.shape[:2]:
+            raise L2GError(f"{self.label_path(image_id)}: label map is {label.shape[1]}x{label.shape[0]}, "
+                           f"its image {rgb.shape[1]}x{rgb.shape[0]}")
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        scale = rng.uniform(*self.scale_range)
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        image = normalise(np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR)))
+        label = torch.from_numpy(np.asarray(Image.fromarray(label).resize(size, Image.NEAREST), dtype=np.int64))
+        c = self.crop_size
+        pad_h, pad_w = max(0, c - label.shape[0]), max(0, c - label.shape[1])
+        if pad_h or pad_w:
+            image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=0.0)
+            label = torch.nn.functional.pad(label, (0, pad_w, 0, pad_h), value=255)
+        top = int(rng.integers(0, label.shape[0] - c + 1))
+        left = int(rng.integers(0, label.shape[1] - c + 1))
+        image, label = image[:, top:top + c, left:left + c], label[top:top + c, left:left + c]
+        if rng.random() < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        return {"image": image.contiguous(), "label": label.contiguous(), "index": index}

@@ -91,8 +91,8 @@ def extract_state_dict(obj, source: str) -> dict[str, torch.Tensor]:
     return strip_prefixes(state)
 
 
-def read_state_dict(path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read a torch checkpoint file and return its (prefix-stripped) state dict on the CPU.
+def read_checkpoint(path, *, allow_pickle: bool = False):
+    """The object stored in a torch checkpoint file, loaded on the CPU, with one-line errors.
 
     ``allow_pickle=True`` loads with ``weights_only=False``, which runs arbitrary code stored in
     the file: use it only for files you trust that hold Python objects besides tensors.
@@ -105,7 +105,7 @@ def read_state_dict(path, *, allow_pickle: bool = False) -> dict[str, torch.Tens
     if path.suffix == ".params":
         hint = "; MXNet .params weights must be converted to a torch state dict first"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
         if "unsupported global" in str(exc).lower():  # a pickle of non-allowlisted objects
             raise L2GError(
@@ -117,7 +117,11 @@ def read_state_dict(path, *, allow_pickle: bool = False) -> dict[str, torch.Tens
         raise L2GError(
             f"{source}: not a torch checkpoint ({type(exc).__name__}: {_one_line(exc, 120)}){hint}"
         ) from None
-    return extract_state_dict(obj, source)
+
+
+def read_state_dict(path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a torch checkpoint file and return its (prefix-stripped) state dict on the CPU."""
+    return extract_state_dict(read_checkpoint(path, allow_pickle=allow_pickle), str(path))
 
 
 def _hint_for(key: str, *, missing: bool) -> str:

@@ -18,10 +18,10 @@ from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.data.torch_data import normalise
 from l2g_core.errors import L2GError
-from l2g_core.io_utils import write_json
+from l2g_core.inference import batches_of_equal_size, multiscale_sum
 from l2g_core.model_io import load_classifier
-from l2g_core.runtime import setup_runtime, software_versions
-from l2g_core.shards import parse_shard, shard_ids, shard_manifest_name
+from l2g_core.runtime import setup_runtime
+from l2g_core.shards import describe_shard, parse_shard, shard_ids, start_output, write_manifest
 
 
 def configure(parser):
@@ -36,21 +36,9 @@ def configure(parser):
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cuda or cpu")
 
 
-@torch.no_grad()
 def multiscale_cams(model, images, scales, flip):
     """Summed foreground CAMs (B, C, H, W) of a batch of equal-size images (B, 3, H, W)."""
-    height, width = images.shape[-2:]
-    batch = torch.cat([images, images.flip(-1)]) if flip else images
-    total = 0
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = F.interpolate(batch, size=size, mode="bilinear", align_corners=False) if scale != 1 else batch
-        cams = F.relu(model(scaled)["cams"][:, :-1].float())  # foreground channels only
-        cams = F.interpolate(cams, size=(height, width), mode="bilinear", align_corners=False)
-        if flip:
-            cams = cams[: len(images)] + cams[len(images):].flip(-1)
-        total = total + cams
-    return total
+    return multiscale_sum(lambda batch: F.relu(model(batch)["cams"][:, :-1].float()), images, scales, flip)
 
 
 def present_cams(summed, classes):
@@ -60,38 +48,26 @@ def present_cams(summed, classes):
     return maps / (peak + 1e-5)
 
 
-def _batches_of_equal_size(layout, ids, batch_size):
-    """Group ids by image size (read from the file headers), then cut groups into batches."""
-    from PIL import Image
-
-    by_size = {}
-    for image_id in ids:
-        with Image.open(layout.image_path(image_id)) as image:
-            by_size.setdefault(image.size, []).append(image_id)
-    for group in by_size.values():
-        for start in range(0, len(group), batch_size):
-            yield group[start:start + batch_size]
-
-
 def run(args):
     if not args.scales or min(args.scales) <= 0:
         raise L2GError("--scales must be positive numbers")
     if args.batch_size < 1:
         raise L2GError("--batch-size must be at least 1")
-    index, count = parse_shard(args.shard)
+    shard = parse_shard(args.shard)
     manifest = load_manifest(args.manifest)
     labels = json.loads(Path(manifest["labels"]).read_text())
-    ids = shard_ids(split_ids(manifest, args.split), index, count)
+    ids = shard_ids(split_ids(manifest, args.split), shard)
     layout = VOCLayout(manifest["root"])
     runtime = setup_runtime(args.device)
     model, state = load_classifier(args.model, class_names=manifest["class_names"])
     model.to(runtime.device).eval()
-    print(f"export-cams {args.model} on {manifest['name']}/{args.split} shard {index}/{count} "
+    print(f"export-cams {args.model} on {manifest['name']}/{args.split} shard {describe_shard(shard)} "
           f"({len(ids)} images): {runtime.describe()}", flush=True)
     out = Path(args.out)
+    own_manifest = start_output(out, shard)
     files = {}
     with tqdm(total=len(ids), desc="export-cams", unit="img", mininterval=2.0) as bar:
-        for batch_ids in _batches_of_equal_size(layout, ids, args.batch_size):
+        for batch_ids in batches_of_equal_size(layout, ids, args.batch_size):
             images = torch.stack([normalise(layout.load_image(i)) for i in batch_ids]).to(runtime.device)
             summed = multiscale_cams(model, images, args.scales, args.flip).cpu().numpy()
             for image_id, maps in zip(batch_ids, summed):
@@ -100,9 +76,7 @@ def run(args):
                 save_cams(path, present_cams(maps, classes), classes)
                 files[path.name] = path.stat().st_size
             bar.update(len(batch_ids))
-    write_json(out / shard_manifest_name(index, count), {
-        "stage": "export-cams", "model": str(Path(args.model).resolve()), "model_stage": state["stage"],
-        "split": args.split, "shard": f"{index}/{count}", "scales": args.scales, "flip": args.flip,
-        "num_images": len(files), "files": dict(sorted(files.items())), "versions": software_versions(),
-    })
+    write_manifest(own_manifest, stage="export-cams", shard=shard, ids=ids, files=files, settings={
+        "model": str(Path(args.model).resolve()), "model_stage": state["stage"], "split": args.split,
+        "scales": args.scales, "flip": args.flip})
     print(f"wrote {len(files)} CAM files to {out}")

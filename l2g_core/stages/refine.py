@@ -20,42 +20,19 @@ manifests), so a folder without its manifest is never complete.
 
 import argparse
 import json
-import os
 from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
-from l2g_core import __version__
 from l2g_core.cam_io import cam_path, load_cams
-from l2g_core.crf import DEFAULT_CRF_PARAMS, refine_labels
+from l2g_core.crf import DEFAULT_CRF_PARAMS, add_crf_arguments, crf_params_from_args, refine_labels
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
-from l2g_core.io_utils import write_json, write_label_png
-from l2g_core.parallel import parallel_map
-from l2g_core.shards import parse_shard, shard_ids, shard_manifest_name
-
-MANIFEST = "manifest.json"  # of a full run; a shard's is named by l2g_core.shards
-
-# (option, key of DEFAULT_CRF_PARAMS, type, help)
-CRF_OPTIONS = (
-    ("--iterations", "iterations", int, "mean-field iterations"),
-    ("--pos-w", "pos_w", float, "weight of the Gaussian (smoothness) kernel"),
-    ("--pos-xy-std", "pos_xy_std", float, "spatial std of the Gaussian kernel, pixels"),
-    ("--bi-w", "bi_w", float, "weight of the bilateral (appearance) kernel"),
-    ("--bi-xy-std", "bi_xy_std", float, "spatial std of the bilateral kernel, pixels"),
-    ("--bi-rgb-std", "bi_rgb_std", float, "colour std of the bilateral kernel, RGB levels"),
-)
-
-
-def available_cores():
-    """Cores this process may run on (a SLURM or taskset allocation), not all of the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
+from l2g_core.io_utils import write_label_png
+from l2g_core.parallel import available_cores, parallel_map
+from l2g_core.shards import describe_shard, parse_shard, shard_ids, start_output, write_manifest
 
 def configure(parser):
     parser.add_argument("--manifest", required=True, help="dataset manifest.json (from l2g prepare)")
@@ -70,13 +47,13 @@ def configure(parser):
     background.add_argument("--ignore-band", type=float, nargs=2, metavar=("LOW", "HIGH"),
                             help="label with background scores LOW and HIGH; pixels where the two "
                                  "labellings disagree become 255 (ignore)")
+    parser.add_argument("--background", choices=("cam", "saliency"), default="cam",
+                        help="cam: background where no CAM exceeds the threshold (official gen_gt.py); "
+                             "saliency: background from the saliency map (Sal/), the CAM names the class")
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
                         help="refine with the dense CRF; --no-crf writes the plain argmax labels "
                              "(the official L2G gen_gt.py)")
-    crf = parser.add_argument_group("CRF parameters (defaults of IRN's CAM refinement)")
-    for option, key, kind, text in CRF_OPTIONS:
-        crf.add_argument(option, dest=key, type=kind, default=DEFAULT_CRF_PARAMS[key],
-                         help=f"{text} (default {DEFAULT_CRF_PARAMS[key]:g})")
+    add_crf_arguments(parser, DEFAULT_CRF_PARAMS, "CRF parameters (defaults of IRN's CAM refinement)")
     parser.add_argument("--workers", type=int, default=available_cores(),
                         help="worker processes (default all cores this process may use; 1 = no pool)")
     parser.add_argument("--shard", metavar="i/n",
@@ -114,9 +91,11 @@ def background_settings(args):
     return threshold, None
 
 
-def label_one(image_id, *, root, cams_dir, out_dir, num_classes, options):
+def label_one(image_id, *, root, cams_dir, out_dir, num_classes, options, use_saliency):
     """Label one image; return (file name, size in bytes)."""
-    image = VOCLayout(root).load_image(image_id)
+    layout = VOCLayout(root)
+    image = layout.load_image(image_id)
+    saliency = layout.load_saliency(image_id) if use_saliency else None
     path = cam_path(cams_dir, image_id)
     cams, classes = load_cams(path)
     if cams.shape[1:] != image.shape[:2]:
@@ -124,7 +103,7 @@ def label_one(image_id, *, root, cams_dir, out_dir, num_classes, options):
                        f"{image.shape[1]}x{image.shape[0]}")
     if any(not 1 <= c <= num_classes for c in classes):
         raise L2GError(f"{path}: class indices {classes.tolist()} outside 1..{num_classes}")
-    labels = refine_labels(image, cams, classes, **options)
+    labels = refine_labels(image, cams, classes, saliency=saliency, **options)
     target = Path(out_dir) / f"{image_id}.png"
     write_label_png(target, labels)
     return target.name, target.stat().st_size
@@ -133,53 +112,39 @@ def label_one(image_id, *, root, cams_dir, out_dir, num_classes, options):
 def run(args):
     manifest = load_manifest(args.manifest)
     threshold, band = background_settings(args)
+    use_saliency = args.background == "saliency"
+    if use_saliency and args.threshold_from is not None:
+        raise L2GError("--background saliency: --threshold-from gives a CAM threshold; give a saliency "
+                       "--threshold or an --ignore-band")
     if args.workers < 1:
         raise L2GError(f"--workers {args.workers}: need at least 1")
-    index, count = parse_shard(args.shard)  # strided: ids[index-1::count] (l2g_core.shards)
-    ids = shard_ids(split_ids(manifest, args.split), index, count)
+    shard = parse_shard(args.shard)  # strided: ids[index-1::count] (l2g_core.shards)
+    ids = shard_ids(split_ids(manifest, args.split), shard)
     layout = VOCLayout(manifest["root"])
     for image_id in ids:  # every input is checked before any output is written
         if not cam_path(args.cams, image_id).is_file():
             raise L2GError(f"{cam_path(args.cams, image_id)}: CAM file not found")
         if not layout.image_path(image_id).is_file():
             raise L2GError(f"{layout.image_path(image_id)}: image not found")
+        if use_saliency and not layout.saliency_path(image_id).is_file():
+            raise L2GError(f"{layout.saliency_path(image_id)}: saliency map not found (--background saliency)")
 
     out = Path(args.out)
-    crf_params = {key: getattr(args, key) for _, key, _, _ in CRF_OPTIONS}
-    for option, key, _, _ in CRF_OPTIONS:
-        value, least = crf_params[key], (0 if key in ("iterations", "pos_w", "bi_w") else 1e-6)
-        if not value >= least:  # also refuses NaN
-            raise L2GError(f"{option} {value:g}: must be {'>= 0' if least == 0 else '> 0'}")
-    own_manifest = out / shard_manifest_name(index, count)
-    stale = [out / MANIFEST, own_manifest]
-    if count == 1 and out.is_dir():
-        stale += sorted(out.glob("manifest-shard-*-of-*.json"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    crf_params = crf_params_from_args(args)
+    own_manifest = start_output(out, shard)
 
     options = {"threshold": threshold, "ignore_band": band, "use_crf": args.crf, "crf_params": crf_params}
     work = partial(label_one, root=str(layout.root), cams_dir=str(args.cams), out_dir=str(out),
-                   num_classes=manifest["num_classes"], options=options)
+                   num_classes=manifest["num_classes"], options=options, use_saliency=use_saliency)
     workers = min(args.workers, max(1, len(ids)))
     bar = partial(tqdm, total=len(ids), desc="refine", unit="img", mininterval=1.0)
     sizes = dict(bar(parallel_map(work, ids, workers, ordered=False)))
 
-    write_json(own_manifest, {
-        "dataset": manifest["name"], "split": args.split,
-        "cams": str(Path(args.cams).resolve()),
-        "shard": None if count == 1 else f"{index}/{count}",
-        "settings": {
-            "threshold": threshold,
-            "threshold_from": None if args.threshold_from is None else str(Path(args.threshold_from).resolve()),
-            "ignore_band": None if band is None else list(band),
-            "crf": args.crf,
-            "crf_params": crf_params if args.crf else None,
-            "probabilities": "per-pixel scores (background threshold, CAMs) divided by their sum",
-        },
-        "num_images": len(ids),
-        "files": [{"name": f"{i}.png", "bytes": sizes[f"{i}.png"]} for i in ids],
-        "l2g_version": __version__,
-    })
-    print(f"refine: {len(ids)} label maps in {out}"
-          + ("" if count == 1 else f" (shard {index}/{count})"))
+    write_manifest(own_manifest, stage="refine", shard=shard, ids=ids, files=sizes, settings={
+        "dataset": manifest["name"], "split": args.split, "cams": str(Path(args.cams).resolve()),
+        "threshold": threshold,
+        "threshold_from": None if args.threshold_from is None else str(Path(args.threshold_from).resolve()),
+        "ignore_band": None if band is None else list(band), "background": args.background,
+        "crf": args.crf, "crf_params": crf_params if args.crf else None,
+        "probabilities": "per-pixel scores (background threshold, CAMs) divided by their sum"})
+    print(f"refine: {len(ids)} label maps in {out} (shard {describe_shard(shard)})")

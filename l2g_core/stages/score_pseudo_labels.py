@@ -2,25 +2,27 @@
 
 One pass over the split gives three numbers against the ground truth:
     miou           the written pseudo labels (CRF-refined, or whatever `l2g refine` wrote)
-    miou_no_crf    the plain argmax of the same CAMs at the same background threshold
+    miou_no_crf    the same CAMs labelled with the same settings (background, threshold or ignore
+                   band, read from the labels' manifest.json) without the CRF
     saliency_baseline
                    foreground from the thresholded saliency map, its class from the CAM argmax,
                    at the best of --saliency-thresholds: what the saliency input of L2G gives
                    almost for free (only where the dataset has saliency maps)
 """
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from l2g_core.cam_io import cam_path, cams_to_labels, load_cams
+from l2g_core.cam_io import cam_path, load_cams, saliency_as_cams
+from l2g_core.crf import refine_labels
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores, sweep_confusions
 from l2g_core.io_utils import write_json
+from l2g_core.shards import MANIFEST, read_manifest
 from l2g_core.stages.evaluate import check_all_present, load_png, size_error
 
 SALIENCY_THRESHOLDS = [round(float(t), 2) for t in np.arange(0.05, 0.951, 0.05)]
@@ -31,19 +33,10 @@ def configure(parser):
     parser.add_argument("--split", default="train", help="split the pseudo labels cover (default train)")
     parser.add_argument("--labels", required=True, help="folder of pseudo labels ID.png (from l2g refine)")
     parser.add_argument("--cams", required=True, help="folder of the CAM files they were made from")
-    parser.add_argument("--threshold-from", required=True, metavar="METRICS_JSON",
-                        help="the CAM metrics whose best_threshold the labels used (cams/miou.json)")
     parser.add_argument("--saliency-thresholds", type=float, nargs="+", default=SALIENCY_THRESHOLDS,
                         help="saliency thresholds swept for the saliency baseline")
     parser.add_argument("--out", required=True, help="JSON to write (pseudo_labels/miou.json)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads reading files")
-
-
-def saliency_as_cams(cams, saliency):
-    """CAM-shaped maps whose peak is the saliency and whose argmax is the CAM's class."""
-    winner = cams.argmax(axis=0)
-    one_hot = np.arange(len(cams))[:, None, None] == winner[None]
-    return one_hot * saliency[None]
 
 
 def run(args):
@@ -52,9 +45,13 @@ def run(args):
     layout = VOCLayout(manifest["root"])
     names = label_names(manifest["class_names"], manifest["num_classes"] + 1)
     num_labels = len(names)
-    threshold = json.loads(Path(args.threshold_from).read_text())["best_threshold"]
-    labels_dir, cams_dir = Path(args.labels), Path(args.cams)
     with_saliency = manifest["has_saliency"]
+    labels_dir, cams_dir = Path(args.labels), Path(args.cams)
+    settings = read_manifest(labels_dir / MANIFEST)["settings"]
+    background = settings.get("background", "cam")
+    if background == "saliency" and not with_saliency:
+        raise L2GError(f"{labels_dir}: labelled with background from saliency, but the dataset has no saliency maps")
+    options = {"threshold": settings["threshold"], "ignore_band": settings["ignore_band"], "use_crf": False}
     check_all_present([labels_dir / f"{i}.png" for i in ids], "pseudo label", args.split)
     check_all_present([cam_path(cams_dir, i) for i in ids], "CAM file", args.split)
 
@@ -65,10 +62,11 @@ def run(args):
         if written.shape != gt.shape:
             raise size_error(path, written.shape, layout.mask_path(image_id), gt.shape)
         cams, classes = load_cams(cam_path(cams_dir, image_id))
-        parts = [confusion(gt, written, num_labels)[None],
-                 confusion(gt, cams_to_labels(cams, classes, threshold), num_labels)[None]]
+        saliency = layout.load_saliency(image_id) if with_saliency else None
+        plain = refine_labels(None, cams, classes, saliency=saliency if background == "saliency" else None, **options)
+        parts = [confusion(gt, written, num_labels)[None], confusion(gt, plain, num_labels)[None]]
         if with_saliency:
-            sal = saliency_as_cams(cams, layout.load_saliency(image_id)) if len(classes) else cams
+            sal = saliency_as_cams(cams, saliency)
             parts.append(sweep_confusions(sal, classes, gt, args.saliency_thresholds, num_labels))
         return np.concatenate(parts)
 
@@ -76,7 +74,9 @@ def run(args):
     written, no_crf = scores(total[0], names), scores(total[1], names)
     if written["num_pixels"] == 0:
         raise L2GError(f"split {args.split}: the ground truth has no labelled pixels")
-    result = {"split": args.split, "num_images": len(ids), "threshold": threshold,
+    result = {"split": args.split, "num_images": len(ids), "background": background,
+              "threshold": settings["threshold"], "ignore_band": settings["ignore_band"],
+              "ignored_fraction": float(total[0][:, -1].sum() / max(1, total[0].sum())),
               "miou": written["miou"], "per_class_iou": written["per_class_iou"],
               "pixel_accuracy": written["pixel_accuracy"], "miou_no_crf": no_crf["miou"],
               "per_class_iou_no_crf": no_crf["per_class_iou"], "saliency_baseline": None}

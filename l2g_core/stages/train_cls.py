@@ -42,7 +42,8 @@ def run(args):
     dataset = LabelledImages(manifest, "train", args.input_size, seed=settings.seed)
     describe = {"stage": "cls", "model": model.build_args, "init": args.init, "input_size": args.input_size,
                 "init_from": str(Path(args.init_from).resolve()) if args.init_from else None}
-    trainer = Trainer({"model": model}, dataset, settings, runtime, Path(args.out).parent, describe)
+    trainer = Trainer({"model": model}, dataset, settings, runtime, Path(args.out).parent, describe,
+                      inputs=[args.manifest, args.init_from])
 
     def step(batch, generator):
         out = trainer.wrapped["model"](batch["image"])

@@ -64,7 +64,7 @@ def run(args):
                                                  "global_cls_weight", "background", "bg_score", "ignore_empty")}
     describe = {"stage": "l2g", "init_from": str(Path(args.init_from).resolve()), **l2g_options}
     trainer = Trainer({"global": global_net, "local": local_net}, dataset, settings, runtime,
-                      Path(args.out).parent, describe)
+                      Path(args.out).parent, describe, inputs=[args.manifest, args.init_from])
     net_g, net_l = trainer.wrapped["global"], trainer.wrapped["local"]
 
     def step(batch, generator):

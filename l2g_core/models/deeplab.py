@@ -1,0 +1,250 @@
+"""DeepLab-v2 as WSSS papers train it on pseudo labels: a dilated backbone and an ASPP head.
+
+``DeepLabV2`` = backbone at output stride 8 (ResNet-101 for VOC/COCO, the light ``small`` one for
+the demo) + ``ASPP``: four parallel 3x3 convolutions with dilations 6/12/18/24 whose outputs are
+*summed* (DeepLab-v2; no BatchNorm, no image pooling: that is v3). ``forward(x)`` returns logits
+``B x L x H/8 x W/8`` for L labels (background + C classes).
+
+``MSC`` is the multi-scale training variant of deeplab-pytorch: the network also sees the input at
+0.5x and 0.75x; in training it returns every scale's logits plus their element-wise maximum (each
+gets a loss), in evaluation only the maximum.
+
+Initialisation (``init`` of :func:`build_deeplab`), documented for users in the README:
+
+* ``None``: random backbone;
+* a torchvision weights name (``IMAGENET1K_V1``/``V2``; resnet50/101): ImageNet backbone;
+* a path to a torch file holding the backbone parameters under our names (a torchvision ResNet
+  state dict, or a classifier written by ``l2g train-cls`` whose backbone is reused);
+* a path to a DeepLab-v2 checkpoint converted by deeplab-pytorch from Caffe (e.g. the
+  COCO-pretrained ``deeplabv1_resnet101-coco.pth`` that L2G uses), recognised by its names
+  (``[base.]layer1.conv1.conv.weight``, ``layer2.block1.reduce.conv.weight``, ...,
+  ``aspp.c0.weight`` or ``aspp.stages.c0.weight``). It is renamed to ours
+  (:func:`convert_deeplab_pytorch`), the ASPP is kept when its label count matches, and the model
+  switches to the Caffe conventions those weights need: BGR input in 0..255 minus the Caffe mean,
+  stride 2 in the first 1x1 convolution of a stage, ceil-mode max pooling.
+
+Checkpoints trained on PASCAL VOC val (DeepLab's ``train2_iter_20000``: train2 = trainval_aug)
+are refused (:func:`refuse_val_trained`): a val mIoU of a model started from them is inflated.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from l2g_core.errors import L2GError
+from l2g_core.models.backbones import HEAD_PREFIXES, Backbone, resolve_init
+from l2g_core.models.checkpoint import extract_state_dict, load_state_dict_checked, read_checkpoint
+
+DEFAULT_RATES = (6, 12, 18, 24)
+DEFAULT_MSC_SCALES = (0.5, 0.75)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
+#: Names and metadata values that mark weights trained on VOC val.
+VAL_TRAINED_NAMES = re.compile(r"train2_iter_\d+", re.IGNORECASE)
+VAL_SPLITS = {"val", "trainval", "trainval_aug", "train2"}
+
+
+class ASPP(nn.Module):
+    """DeepLab-v2 atrous spatial pyramid pooling: sum of dilated 3x3 convs ``c0``, ``c1``, ..."""
+
+    def __init__(self, in_channels: int, num_labels: int, rates=DEFAULT_RATES):
+        super().__init__()
+        self.rates = tuple(int(r) for r in rates)
+        for index, rate in enumerate(self.rates):
+            conv = nn.Conv2d(in_channels, num_labels, 3, padding=rate, dilation=rate, bias=True)
+            nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(conv.bias)
+            self.add_module(f"c{index}", conv)
+
+    def forward(self, x):
+        return sum(getattr(self, f"c{i}")(x) for i in range(len(self.rates)))
+
+
+class DeepLabV2(nn.Module):
+    """Backbone + ASPP; ``caffe=True`` feeds the backbone Caffe-style input (see module doc)."""
+
+    def __init__(self, backbone: Backbone, num_labels: int, rates=DEFAULT_RATES, caffe: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.aspp = ASPP(backbone.out_channels, num_labels, rates)
+        self.stride = backbone.stride
+        self.caffe = caffe
+        self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("imagenet_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("caffe_mean", torch.tensor(CAFFE_BGR_MEAN).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x):
+        if self.caffe:  # our inputs are ImageNet-normalised RGB; Caffe weights want BGR 0..255 - mean
+            rgb = (x * self.imagenet_std + self.imagenet_mean) * 255.0
+            x = rgb.flip(1) - self.caffe_mean
+        return self.aspp(self.backbone(x))
+
+    def param_groups(self):
+        """The DeepLab SGD groups: backbone weights 1x, backbone biases 2x, ASPP weights 10x,
+        ASPP biases 20x (trainable parameters only; frozen BatchNorm is in none)."""
+        groups = ([], [], [], [])
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                groups[(2 if name.startswith("aspp.") else 0) + name.endswith("bias")].append(p)
+        return groups
+
+
+class MSC(nn.Module):
+    """Multi-scale inputs with max fusion (training: a list of logits, evaluation: the fused one)."""
+
+    def __init__(self, base: DeepLabV2, scales=DEFAULT_MSC_SCALES):
+        super().__init__()
+        self.base = base
+        self.scales = tuple(float(s) for s in scales)
+        self.stride = base.stride
+
+    def forward(self, x):
+        logits = self.base(x)
+        size = logits.shape[-2:]
+        pyramid = [self.base(F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False))
+                   for s in self.scales]
+        resized = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid]
+        fused = torch.stack([logits, *resized]).amax(dim=0)
+        return [logits, *pyramid, fused] if self.training else fused
+
+    def param_groups(self):
+        return self.base.param_groups()
+
+
+def segmentation_loss(outputs, labels, ignore_index=255):
+    """Cross entropy of one logit map or a list of them (MSC), each upsampled to the labels."""
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    losses = [F.cross_entropy(F.interpolate(o.float(), size=labels.shape[-2:], mode="bilinear",
+                                            align_corners=False), labels, ignore_index=ignore_index)
+              for o in outputs]
+    return sum(losses) / len(losses)
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def refuse_val_trained(path, obj=None):
+    """L2GError if the file's name or its metadata says it was trained on VOC val."""
+    name = Path(path).name
+    reason = None
+    if VAL_TRAINED_NAMES.search(name):
+        reason = f"its name ({name}) is DeepLab's model trained on train2 = trainval_aug"
+    elif isinstance(obj, dict):
+        trained_on = obj.get("trained_on") if isinstance(obj.get("trained_on"), dict) else {}
+        split = obj.get("split", trained_on.get("split"))
+        if isinstance(split, str) and split.lower() in VAL_SPLITS:
+            reason = f"its metadata says it was trained on split {split!r}"
+    if reason:
+        raise L2GError(f"{path}: refusing to initialise DeepLab from it: {reason}, which includes the "
+                       "VOC val images, so a val mIoU would be inflated; use ImageNet weights or the "
+                       "COCO-pretrained init (deeplabv1_resnet101-coco.pth)")
+
+
+_DLP_BLOCK = re.compile(r"^layer([2-5])\.block(\d+)\.(reduce|conv3x3|increase|proj|shortcut)\.(conv|bn)\.(.+)$")
+_DLP_UNIT = {"reduce": ("conv1", "bn1"), "conv3x3": ("conv2", "bn2"), "increase": ("conv3", "bn3"),
+             "proj": ("downsample.0", "downsample.1"), "shortcut": ("downsample.0", "downsample.1")}
+
+
+def is_deeplab_pytorch(state_dict) -> bool:
+    return any(k.removeprefix("base.").startswith("layer1.conv1.conv.") for k in state_dict)
+
+
+def convert_deeplab_pytorch(state_dict) -> dict:
+    """deeplab-pytorch DeepLab-v2 names -> ours (``backbone.`` torchvision names, ``aspp.cN``).
+
+    ``layer1.conv1.{conv,bn}`` -> ``backbone.{conv1,bn1}``; ``layer{k}.block{j}.{reduce,conv3x3,
+    increase}.{conv,bn}`` -> ``backbone.layer{k-1}.{j-1}.{conv,bn}{1,2,3}``; ``proj``/``shortcut``
+    -> ``downsample.{0,1}``; ``aspp[.stages].cN`` -> ``aspp.cN``. An unknown name is an error.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("base.")
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key.startswith("layer1.conv1."):
+            part, rest = key[len("layer1.conv1."):].split(".", 1)
+            out[f"backbone.{'conv1' if part == 'conv' else 'bn1'}.{rest}"] = value
+            continue
+        match = _DLP_BLOCK.match(key)
+        if match:
+            layer, block, unit, kind, rest = match.groups()
+            conv, bn = _DLP_UNIT[unit]
+            out[f"backbone.layer{int(layer) - 1}.{int(block) - 1}.{conv if kind == 'conv' else bn}.{rest}"] = value
+            continue
+        match = re.match(r"^aspp\.(?:stages\.)?c(\d+)\.(weight|bias)$", key)
+        if match:
+            out[f"aspp.c{match.group(1)}.{match.group(2)}"] = value
+            continue
+        raise L2GError(f"deeplab-pytorch checkpoint: unexpected parameter {key}")
+    return out
+
+
+def make_caffe_resnet(backbone) -> None:
+    """Turn a torchvision ResNet into the Caffe one DeepLab's weights were trained in: the stride
+    of a stage's first block sits on its 1x1 ``conv1`` (torchvision puts it on the 3x3 ``conv2``),
+    and the stem's max pooling rounds up."""
+    backbone.maxpool.ceil_mode = True
+    for layer in (backbone.layer2, backbone.layer3, backbone.layer4):
+        first = layer[0]
+        stride = first.conv2.stride
+        if stride != (1, 1):
+            first.conv1.stride, first.conv2.stride = stride, (1, 1)
+
+
+# --- building ----------------------------------------------------------------------------------
+
+
+def build_deeplab(backbone: str, num_labels: int, *, rates=DEFAULT_RATES, msc_scales=None, init=None,
+                  output_stride: int = 8, caffe: bool | None = None, freeze_bn: bool = True):
+    """A DeepLab-v2 (wrapped in :class:`MSC` when ``msc_scales`` is given) with ``build_args``.
+
+    ``caffe=None`` decides from ``init`` (a deeplab-pytorch file means Caffe conventions); a model
+    rebuilt from its own file passes the stored value. ``freeze_bn``: a pretrained backbone keeps
+    its BatchNorm statistics and affine parameters (DeepLab's choice for batches of 10 crops);
+    False trains them, which suits a small backbone with larger batches.
+    """
+    from l2g_core.models import build_backbone
+
+    kind, value = resolve_init(init)
+    state = None
+    if kind == "path":  # read once: checked for val training, then renamed or loaded as it is
+        obj = read_checkpoint(value)
+        refuse_val_trained(value, obj)
+        state = extract_state_dict(obj, str(value))
+    dlp = state is not None and is_deeplab_pytorch(state)
+    if dlp and backbone not in ("resnet50", "resnet101"):
+        raise L2GError(f"{value}: a deeplab-pytorch (Caffe ResNet) checkpoint needs backbone resnet101, "
+                       f"not {backbone}")
+    caffe = dlp if caffe is None else caffe
+    body = build_backbone(backbone, init=value if kind == "torchvision" else None,
+                          output_stride=output_stride, freeze=kind == "torchvision" and freeze_bn)
+    if caffe:
+        make_caffe_resnet(body)
+    model = DeepLabV2(body, num_labels, rates, caffe=caffe)
+    if dlp:
+        _load_deeplab_pytorch(model, convert_deeplab_pytorch(state), source=str(value))
+    elif state is not None:  # backbone parameters under our names; classifier heads ignored
+        load_state_dict_checked(body, state, source=str(value), ignore_unexpected=HEAD_PREFIXES)
+    if state is not None and freeze_bn:
+        body.freeze_pretrained()
+    if msc_scales:
+        model = MSC(model, msc_scales)
+    model.build_args = {"backbone": backbone, "num_labels": int(num_labels), "rates": [int(r) for r in rates],
+                        "msc_scales": [float(s) for s in msc_scales] if msc_scales else None,
+                        "output_stride": int(output_stride), "caffe": bool(caffe), "freeze_bn": bool(freeze_bn)}
+    return model
+
+
+def _load_deeplab_pytorch(model, state, source):
+    """Backbone (strict) and, when its label count matches, the ASPP of a converted checkpoint."""
+    aspp = {k: v for k, v in state.items() if k.startswith("aspp.")}
+    body = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    load_state_dict_checked(model.backbone, body, source=source)
+    if aspp and aspp["aspp.c0.weight"].shape == model.aspp.c0.weight.shape:
+        load_state_dict_checked(model.aspp, {k[len("aspp."):]: v for k, v in aspp.items()}, source=source)

@@ -1,0 +1,97 @@
+"""`l2g score-seg`: the number users quote, `results/{dataset}/miou.json`, and its table.
+
+Scores a folder of predictions (from `l2g predict-seg`) against the ground truth of a split, in
+one pass: the final labels (ID.png) and, where the CRF ran, the argmax before it (no_crf/ID.png).
+`--stage NAME=METRICS_JSON` carries the numbers of earlier stages (plain CAMs, L2G CAMs, pseudo
+labels) into the same file, so one JSON tells the whole run.
+
+    OUT.json  miou, miou_no_crf, per_class_iou (by class name), per_class_iou_no_crf, precision,
+              recall, pixel_accuracy, split, num_images, crf, model, stages
+    OUT.csv   class, iou, iou_no_crf, precision, recall; a last row "mean" with the two mIoUs
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from l2g_core.data.layout import VOCLayout
+from l2g_core.data.manifest import load_manifest, split_ids
+from l2g_core.errors import L2GError
+from l2g_core.evaluation import accumulate, confusion, label_names, scores
+from l2g_core.io_utils import write_json, write_text
+from l2g_core.stages.evaluate import check_all_present, csv_text, load_png, size_error
+from l2g_core.shards import MANIFEST, read_manifest
+from l2g_core.stages.predict_seg import NO_CRF_DIR
+
+STAGE_KEYS = ("miou", "miou_no_crf", "best_threshold", "split", "num_images")
+
+
+def configure(parser):
+    parser.add_argument("--manifest", required=True, help="manifest.json of the prepared dataset")
+    parser.add_argument("--split", default="val", help="split the predictions cover (default val)")
+    parser.add_argument("--pred", required=True, help="folder of predictions ID.png (from l2g predict-seg)")
+    parser.add_argument("--stage", action="append", default=[], metavar="NAME=METRICS_JSON",
+                        help="an earlier stage's metrics to carry into the result (repeatable)")
+    parser.add_argument("--out", required=True, help="JSON to write (results/{dataset}/miou.json); CSV beside it")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads reading files")
+
+
+def stage_summary(item):
+    """'cams=results/demo/cams/miou.json' -> ('cams', {miou, best_threshold, ...})."""
+    name, sep, path = item.partition("=")
+    if not sep or not name or not path:
+        raise L2GError(f"--stage {item!r}: expected NAME=METRICS_JSON")
+    path = Path(path)
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise L2GError(f"{path}: cannot read stage metrics ({error})") from None
+    summary = {key: metrics[key] for key in STAGE_KEYS if key in metrics}
+    if isinstance(metrics.get("saliency_baseline"), dict):
+        summary["saliency_baseline"] = metrics["saliency_baseline"]["miou"]
+    return name, {**summary, "file": str(path)}
+
+
+def run(args):
+    manifest = load_manifest(args.manifest)
+    ids = split_ids(manifest, args.split)
+    layout = VOCLayout(manifest["root"])
+    names = label_names(manifest["class_names"], manifest["num_classes"] + 1)
+    stages = dict(stage_summary(item) for item in args.stage)
+    pred = Path(args.pred)
+    with_crf = read_manifest(pred / MANIFEST)["settings"]["crf"] is not None
+    folders = [pred, pred / NO_CRF_DIR] if with_crf else [pred]
+    for folder in folders:
+        check_all_present([folder / f"{i}.png" for i in ids], "prediction", args.split)
+    check_all_present([layout.mask_path(i) for i in ids], "ground truth", args.split)
+
+    def score(image_id):
+        gt = layout.load_mask(image_id)
+        matrices = []
+        for folder in folders:
+            path = folder / f"{image_id}.png"
+            labels = load_png(path)
+            if labels.shape != gt.shape:
+                raise size_error(path, labels.shape, layout.mask_path(image_id), gt.shape)
+            matrices.append(confusion(gt, labels, len(names)))
+        return np.stack(matrices)
+
+    total = accumulate(score, ids, workers=args.workers, desc=f"score {args.split}")
+    final = scores(total[0], names)
+    raw = scores(total[-1], names)
+    if final["num_pixels"] == 0:
+        raise L2GError(f"split {args.split}: the ground truth has no labelled pixels")
+    result = {"miou": final["miou"], "miou_no_crf": raw["miou"], "per_class_iou": final["per_class_iou"],
+              "per_class_iou_no_crf": raw["per_class_iou"], "precision": final["precision"],
+              "recall": final["recall"], "pixel_accuracy": final["pixel_accuracy"], "split": args.split,
+              "num_images": len(ids), "crf": with_crf, "predictions": str(pred.resolve()), "stages": stages}
+    out = Path(args.out)
+    rows = [[n, final["per_class_iou"][n], raw["per_class_iou"][n], final["precision"][n], final["recall"][n]]
+            for n in names]
+    write_text(out.with_suffix(".csv"), csv_text(["class", "iou", "iou_no_crf", "precision", "recall"],
+                                                 rows + [["mean", final["miou"], raw["miou"], None, None]]))
+    write_json(out, result)
+    print(f"{manifest['name']} {args.split}: mIoU {final['miou']:.4f} (no CRF {raw['miou']:.4f}) "
+          f"over {len(ids)} images")

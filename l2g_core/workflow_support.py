@@ -1,0 +1,33 @@
+"""Plain functions the Snakemake workflow uses (workflow/rules/common.smk), kept here to be tested."""
+
+import os
+import shlex
+import sys
+
+
+def job_environment(repo, environ=os.environ):
+    """Let every job's `l2g` run this repository's l2g_core: the `l2g` installed beside the Python
+    that runs Snakemake (its virtual environment need not be activated) or, inside a conda
+    environment made from envs/l2g.yaml, which holds only the dependencies, workflow/bin/l2g with
+    the repository on PYTHONPATH. Changes `environ`, which jobs inherit."""
+    path = [os.path.join(repo, "workflow", "bin"), os.path.dirname(sys.executable), environ.get("PATH", "")]
+    environ["PATH"] = os.pathsep.join(path)
+    environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(repo), environ.get("PYTHONPATH")] if p)
+
+
+def cli_flags(options):
+    """A config section as `l2g` options: {batch_size: 8, pcm: true} -> '--batch-size 8 --pcm'.
+
+    None leaves the option out (the command's default); lists become several values."""
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, list):
+            flags.append(" ".join([flag] + [shlex.quote(str(v)) for v in value]))
+        else:
+            flags.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(flags)
