@@ -9,16 +9,16 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/gather.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/cams.smk"
 include: "workflow/rules/pseudo_labels.smk"
+include: "workflow/rules/seg.smk"
 
 
 rule all:
     input:
-        "results/demo/cls_cams/miou.json",
-        "results/demo/control_cams/miou.json",
-        "results/demo/cams/miou.json",
-        "results/demo/pseudo_labels/miou.json",
+        "results/demo/miou.json",
+        "results/demo/supervised/miou.json",
     default_target: True

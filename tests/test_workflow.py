@@ -1,10 +1,12 @@
 """Real Snakemake runs of the workflow on a tiny synthetic dataset."""
 
 import json
+import re
 
+import pytest
 import torch
 
-from conftest import run_snakemake
+from conftest import run_snakemake, tiny_config
 
 
 def test_prepare_rule_builds_the_demo_dataset_and_manifest(tmp_path):
@@ -30,28 +32,102 @@ def test_prepare_rule_builds_the_demo_dataset_and_manifest(tmp_path):
 
 def test_changing_the_generator_setting_reruns_the_data_stages(tmp_path):
     run_snakemake(tmp_path, "--cores", "2", "results/demo/data/manifest.json")
-    from conftest import tiny_config
     config = tiny_config()
     config["datasets"]["demo"]["synthetic"]["seed"] = 1
     dry = run_snakemake(tmp_path, "-n", "--cores", "2", "results/demo/data/manifest.json", config=config)
     assert "make_synthetic" in dry.stdout and "prepare" in dry.stdout
 
 
-def test_cam_and_pseudo_label_stages_run_through_snakemake(tmp_path):
-    targets = [f"results/demo/{kind}/miou.json" for kind in ("cls_cams", "control_cams", "cams", "pseudo_labels")]
-    run_snakemake(tmp_path, "--cores", "2", *targets)
-    results = tmp_path / "results/demo"
+FINAL = ("results/demo/miou.json", "results/demo/supervised/miou.json")
+
+
+def planned_jobs(result):
+    """{rule: count} from the "Job stats" table of a Snakemake (dry) run."""
+    text = result.stdout + result.stderr
+    table = text[text.index("Job stats:"):].split("\n\n")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A working directory where the whole tiny demo chain has run."""
+    workdir = tmp_path_factory.mktemp("chain")
+    run_snakemake(workdir, "--cores", "2", *FINAL)
+    return workdir
+
+
+def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
+    results = finished / "results/demo"
+    train_ids = (results / "data/train.txt").read_text().split()
     for kind in ("cls_cams", "control_cams", "cams"):
         metrics = json.loads((results / kind / "miou.json").read_text())
         assert metrics["kind"] == "cam" and metrics["split"] == "train" and 0 <= metrics["miou"] <= 1
         export = json.loads((results / kind / "manifest.json").read_text())
+        assert export["shards"] == 2 and export["ids"] == train_ids
         assert export["num_images"] == metrics["num_images"] == len(list((results / kind).glob("*.npz")))
     pseudo = json.loads((results / "pseudo_labels/miou.json").read_text())
-    assert set(pseudo) >= {"miou", "miou_no_crf", "saliency_baseline", "threshold", "per_class_iou"}
-    assert pseudo["threshold"] == json.loads((results / "cams/miou.json").read_text())["best_threshold"]
-    assert len(list((results / "pseudo_labels").glob("*.png"))) == pseudo["num_images"]
+    assert set(pseudo) >= {"miou", "miou_no_crf", "saliency_baseline", "ignore_band", "per_class_iou"}
+    assert pseudo["background"] == "saliency" and pseudo["ignore_band"] == [0.2, 0.4]
+    assert len(list((results / "pseudo_labels").glob("*.png"))) == pseudo["num_images"] == len(train_ids)
     # the control classifier continues stage 1 for as many epochs as L2G trains
     control = torch.load(results / "control/model.pt", weights_only=True)["settings"]
     l2g = torch.load(results / "l2g/model.pt", weights_only=True)["settings"]
     assert control["init_from"] == str((results / "cls/model.pt").resolve())
     assert control["epochs"] == l2g["epochs"] and control["lr"] == l2g["lr"]
+    # DeepLab on the pseudo labels and on the ground truth, with the same budget
+    seg = torch.load(results / "seg/model.pt", weights_only=True)
+    supervised = torch.load(results / "supervised/model.pt", weights_only=True)
+    assert seg["trained_on"]["labels"] == str((results / "pseudo_labels").resolve())
+    assert supervised["trained_on"]["labels"] == "ground truth"
+    assert seg["settings"]["iterations"] == supervised["settings"]["iterations"] == 2
+    final = json.loads((results / "miou.json").read_text())
+    assert final["split"] == "val" and final["num_images"] == 4 and final["crf"] is True
+    assert set(final["stages"]) == {"cls_cams", "control_cams", "cams", "pseudo_labels"}
+    assert final["stages"]["cams"]["miou"] == json.loads((results / "cams/miou.json").read_text())["miou"]
+    assert json.loads((results / "supervised/miou.json").read_text())["stages"] == {}
+    assert (results / "miou.csv").read_text().startswith("class,iou,iou_no_crf")
+    for log in ("train_seg", "train_supervised", "score_seg", "predict_seg-1-of-2", "refine-2-of-2"):
+        assert (results / "logs" / f"{log}.log").is_file()
+    assert "runs on the CPU" in (results / "logs/train_seg.log").read_text()
+
+
+def test_forcing_one_stage_reruns_it_and_everything_after_it_only(finished):
+    jobs = planned_jobs(run_snakemake(finished, "-n", "--cores", "2", "--forcerun", "export_cams", "--", *FINAL))
+    assert jobs["export_cams"] == 6 and jobs["evaluate_cams"] == 3 and jobs["refine"] == 2
+    assert jobs["train_seg"] == 1 and jobs["score_seg"] == 1  # the supervised model needs no CAMs
+    assert not {"make_synthetic", "prepare", "train_cls", "train_l2g", "train_control", "score_supervised"} & set(jobs)
+
+
+def test_a_changed_setting_reruns_that_stage_and_its_descendants_only(finished):
+    config = tiny_config()
+    config["datasets"]["demo"]["refine"]["ignore_band"] = [0.25, 0.4]
+    jobs = planned_jobs(run_snakemake(finished, "-n", "--cores", "2", *FINAL, config=config))
+    assert jobs == {"refine": 2, "gather": 2, "score_pseudo_labels": 1, "train_seg": 1, "predict_seg": 2,
+                    "score_seg": 1}
+    nothing = run_snakemake(finished, "-n", "--cores", "2", *FINAL)
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr
+
+
+def test_until_stops_after_the_named_stage(tmp_path):
+    jobs = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "2", "--until", "train_l2g", "--", *FINAL))
+    assert jobs == {"make_synthetic": 1, "prepare": 1, "train_cls": 1, "train_l2g": 1}
+
+
+def test_lint_is_clean(tmp_path):
+    result = run_snakemake(tmp_path, "--lint")
+    assert "Lints for" not in result.stdout + result.stderr, result.stdout
+
+
+def test_a_voc_sized_dataset_plans_per_stage_jobs_not_per_image_jobs(tmp_path):
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    lists = root / "ImageSets/Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train_aug.txt").write_text("".join(f"2007_{i:06d}\n" for i in range(10582)))
+    (lists / "val.txt").write_text("".join(f"2008_{i:06d}\n" for i in range(1449)))
+    config = tiny_config()
+    config["datasets"]["voc"]["root"] = str(root)
+    jobs = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "8", "--resources", "gpu=2", "--",
+                                      "results/voc/miou.json", config=config))
+    assert jobs["export_cams"] == 3 * 4 and jobs["refine"] == 4 and jobs["predict_seg"] == 4
+    assert sum(jobs.values()) < 40

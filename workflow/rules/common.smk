@@ -1,14 +1,12 @@
-# Config validation, wildcard constraints and input functions shared by every rule.
-import os
-import shlex
+# Config validation, wildcard constraints, input functions and job settings shared by every rule.
 import sys
 
 from l2g_core.config import require_root, validate_config
 from l2g_core.errors import L2GError
+from l2g_core.workflow_support import cli_flags, job_environment
 
-# Rules call the `l2g` installed beside the Python that runs Snakemake, even when its
-# virtual environment is not activated.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+job_environment(workflow.basedir)
+CONDA_ENV = "../../envs/l2g.yaml"  # for rules in workflow/rules/
 
 
 def fail(message):
@@ -24,6 +22,20 @@ except L2GError as error:
 
 DATASETS = config["datasets"]
 SYNTHETIC = [name for name, ds in DATASETS.items() if ds["kind"] == "synthetic"]
+# Per-image output folders made in shards, and the split each covers.
+SHARDED = {"cls_cams": "train", "control_cams": "train", "cams": "train", "pseudo_labels": "train",
+           "seg/pred": "val", "supervised/pred": "val"}
+# CAMs of three classifiers: stage 1 (plain CAMs), the control (stage 1 trained on as long as
+# L2G trains, without the transfer loss), and the L2G global network.
+CAM_MODELS = {"cls_cams": "cls", "control_cams": "control", "cams": "l2g"}
+# The control run trains like stage 2 (same budget, batch, schedule, input), with no transfer loss.
+CONTROL_KEYS = ("input_size", "epochs", "iterations", "batch_size", "lr", "weight_decay", "momentum",
+                "schedule", "step_epochs", "gamma", "poly_power", "accumulate", "seed", "workers", "amp",
+                "log_every")
+# DeepLab on the pseudo labels, and the fully supervised reference on the ground truth.
+SEG_MODELS = ("seg", "supervised")
+# Earlier stages whose numbers the final miou.json carries.
+SUMMARY_STAGES = ("cls_cams", "control_cams", "cams", "pseudo_labels")
 
 
 def one_of(names):
@@ -33,6 +45,8 @@ def one_of(names):
 
 wildcard_constraints:
     dataset=one_of(DATASETS),
+    shard=r"\d+",
+    shards=r"\d+",
 
 
 def dataset_root(wildcards):
@@ -49,22 +63,78 @@ def synthetic_input(wildcards):
     return [dataset_root(wildcards)] if wildcards.dataset in SYNTHETIC else []
 
 
-def cli_flags(options):
-    """A config section as `l2g` options: {batch_size: 8, pcm: true} -> '--batch-size 8 --pcm'."""
-    flags = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, list):
-            flags.append(" ".join([flag] + [shlex.quote(str(v)) for v in value]))
-        else:
-            flags.append(f"{flag} {shlex.quote(str(value))}")
-    return " ".join(flags)
-
-
 def stage_flags(stage):
     """Input function: the options of `stage` for the dataset of the job."""
-    return lambda wildcards: cli_flags(DATASETS[wildcards.dataset][stage])
+    return lambda wc: cli_flags(DATASETS[wc.dataset][stage])
+
+
+# --- jobs: threads, GPUs, memory, run time (config datasets.NAME.jobs) -------------------------
+
+
+def job_setting(kind, rule):
+    """A callable giving the `kind` setting (threads, gpu, mem_mb, runtime) of `rule`'s jobs."""
+    def setting(wildcards):
+        values = DATASETS[wildcards.dataset]["jobs"][kind]
+        return values.get(rule, values["default"])
+    return setting
+
+
+def job_resources(rule):
+    return {kind: job_setting(kind, rule) for kind in ("gpu", "mem_mb", "runtime")}
+
+
+def launch(ddp=False):
+    """The start of a job's shell line: torch threads as the job's threads, and `l2g with-gpus`,
+    which claims the job's GPUs (none: CPU, said in the log) and hides every other device."""
+    ddp_flag = " --ddp" if ddp else ""
+    return f"OMP_NUM_THREADS={{threads}} l2g with-gpus --count {{resources.gpu}}{ddp_flag} -- "
+
+
+def shard_manifests(wildcards):
+    """The shard manifests of the per-image folder `wildcards.folder` of the job's dataset."""
+    count = DATASETS[wildcards.dataset]["jobs"]["shards"]
+    return [f"results/{wildcards.dataset}/{wildcards.folder}/manifest-shard-{i}-of-{count}.json"
+            for i in range(1, count + 1)]
+
+
+# --- stage-specific input functions --------------------------------------------------------------
+
+
+def control_flags(wildcards):
+    l2g = DATASETS[wildcards.dataset]["train_l2g"]
+    return cli_flags({key: value for key, value in l2g.items() if key in CONTROL_KEYS})
+
+
+def refine_background(wildcards, input):
+    """--threshold-from the CAM scores, unless the config sets a threshold or an ignore band."""
+    refine = DATASETS[wildcards.dataset]["refine"]
+    if refine.get("threshold") is None and not refine.get("ignore_band"):
+        return f"--threshold-from {input.metrics}"
+    return ""
+
+
+def seg_inputs(wildcards):
+    """The pseudo labels (seg only) and the stage-1 classifier when init is `stage1`."""
+    inputs = {"manifest": f"results/{wildcards.dataset}/data/manifest.json"}
+    if wildcards.model == "seg":
+        inputs["labels"] = f"results/{wildcards.dataset}/pseudo_labels/manifest.json"
+    if DATASETS[wildcards.dataset]["train_seg"].get("init") == "stage1":
+        inputs["init"] = f"results/{wildcards.dataset}/cls/model.pt"
+    return inputs
+
+
+def seg_source(wildcards, input):
+    source = f"--labels results/{wildcards.dataset}/pseudo_labels" if wildcards.model == "seg" else "--ground-truth"
+    return source + (f" --init {input.init}" if "init" in input.keys() else "")
+
+
+def seg_flags(wildcards):
+    """The train_seg options; `init: stage1` becomes an input (seg_source), not an option."""
+    options = DATASETS[wildcards.dataset]["train_seg"]
+    return cli_flags({k: v for k, v in options.items() if not (k == "init" and v == "stage1")})
+
+
+def score_seg_command(model, stages):
+    stage_options = "".join(f" --stage {s}={{input.{s}}}" for s in stages)
+    return (f"l2g score-seg --manifest {{input.manifest}} --split val --pred results/{{wildcards.dataset}}/{model}/pred"
+            f"{stage_options} --out {{output.metrics}} --workers {{threads}} > {{log}} 2>&1")

@@ -8,11 +8,15 @@ rule make_synthetic:
         dataset=one_of(SYNTHETIC),
     params:
         gen=lambda wc: DATASETS[wc.dataset]["synthetic"],
+    conda:
+        CONDA_ENV
     log:
         "results/{dataset}/logs/make_synthetic.log",
     benchmark:
         "results/{dataset}/benchmarks/make_synthetic.tsv"
-    threads: 2
+    threads: job_setting("threads", "make_synthetic")
+    resources:
+        **job_resources("make_synthetic"),
     shell:
         "l2g make-synthetic {output} --train {params.gen[train]} --val {params.gen[val]}"
         " --size {params.gen[size]} --seed {params.gen[seed]} --workers {threads} > {log} 2>&1"
@@ -31,11 +35,15 @@ rule prepare:
         root=dataset_root,
         splits=lambda wc: DATASETS[wc.dataset]["splits"],
         empty=lambda wc: DATASETS[wc.dataset].get("empty_images", "skip"),
+    conda:
+        CONDA_ENV
     log:
         "results/{dataset}/logs/prepare.log",
     benchmark:
         "results/{dataset}/benchmarks/prepare.tsv"
-    threads: 2
+    threads: job_setting("threads", "prepare")
+    resources:
+        **job_resources("prepare"),
     shell:
         "l2g prepare --name {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
         " --split train={params.splits[train]:q} --split val={params.splits[val]:q}"

@@ -1,5 +1,6 @@
-# Pseudo labels: the L2G CAMs refined by a dense CRF at the background threshold chosen on the
-# train split (cams/miou.json), then scored beside the no-CRF labels and the saliency baseline.
+# Pseudo labels: the L2G CAMs labelled (background from a CAM threshold, by default the CAM
+# stage's best one, or from the saliency maps; optionally an ignore band) and refined by a dense
+# CRF, in shards; then scored beside the no-CRF labels and the saliency baseline.
 
 
 rule refine:
@@ -8,22 +9,23 @@ rule refine:
         cams="results/{dataset}/cams/manifest.json",
         metrics="results/{dataset}/cams/miou.json",
     output:
-        manifest="results/{dataset}/pseudo_labels/manifest.json",
+        manifest="results/{dataset}/pseudo_labels/manifest-shard-{shard}-of-{shards}.json",
     params:
         options=stage_flags("refine"),
-        # An ignore band sets both background scores itself; otherwise the CAM stage's best one.
-        background=lambda wc, input: (
-            "" if DATASETS[wc.dataset]["refine"].get("ignore_band") else f"--threshold-from {input.metrics}"
-        ),
+        background=refine_background,
+    conda:
+        CONDA_ENV
     log:
-        "results/{dataset}/logs/refine.log",
+        "results/{dataset}/logs/refine-{shard}-of-{shards}.log",
     benchmark:
-        "results/{dataset}/benchmarks/refine.tsv"
-    threads: 2
+        "results/{dataset}/benchmarks/refine-{shard}-of-{shards}.tsv"
+    threads: job_setting("threads", "refine")
+    resources:
+        **job_resources("refine"),
     shell:
         "l2g refine --manifest {input.manifest} --split train --cams results/{wildcards.dataset}/cams"
-        " --out results/{wildcards.dataset}/pseudo_labels --workers {threads}"
-        " {params.background} {params.options} > {log} 2>&1"
+        " --out results/{wildcards.dataset}/pseudo_labels --shard {wildcards.shard}/{wildcards.shards}"
+        " --workers {threads} {params.background} {params.options} > {log} 2>&1"
 
 
 rule score_pseudo_labels:
@@ -31,15 +33,18 @@ rule score_pseudo_labels:
         manifest="results/{dataset}/data/manifest.json",
         labels="results/{dataset}/pseudo_labels/manifest.json",
         cams="results/{dataset}/cams/manifest.json",
-        metrics="results/{dataset}/cams/miou.json",
     output:
         metrics="results/{dataset}/pseudo_labels/miou.json",
+    conda:
+        CONDA_ENV
     log:
         "results/{dataset}/logs/score_pseudo_labels.log",
     benchmark:
         "results/{dataset}/benchmarks/score_pseudo_labels.tsv"
-    threads: 2
+    threads: job_setting("threads", "score_pseudo_labels")
+    resources:
+        **job_resources("score_pseudo_labels"),
     shell:
         "l2g score-pseudo-labels --manifest {input.manifest} --split train"
         " --labels results/{wildcards.dataset}/pseudo_labels --cams results/{wildcards.dataset}/cams"
-        " --threshold-from {input.metrics} --out {output.metrics} --workers {threads} > {log} 2>&1"
+        " --out {output.metrics} --workers {threads} > {log} 2>&1"

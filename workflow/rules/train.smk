@@ -1,4 +1,5 @@
-# Stages 1 and 2: the CAM classifier and L2G attention transfer.
+# Stages 1 and 2: the CAM classifier, L2G attention transfer, and the control classifier (stage 1
+# trained on, without the transfer loss, as long as L2G trains: an L2G gain is not more training).
 # Each job keeps checkpoint.pt and train_log.csv beside its model: a killed job resumes.
 
 
@@ -9,13 +10,17 @@ rule train_cls:
         model="results/{dataset}/cls/model.pt",
     params:
         options=stage_flags("train_cls"),
+    conda:
+        CONDA_ENV
     log:
         "results/{dataset}/logs/train_cls.log",
     benchmark:
         "results/{dataset}/benchmarks/train_cls.tsv"
-    threads: 2
+    threads: job_setting("threads", "train_cls")
+    resources:
+        **job_resources("train_cls"),
     shell:
-        "l2g train-cls --manifest {input.manifest} --out {output.model} {params.options} > {log} 2>&1"
+        launch(ddp=True) + "l2g train-cls --manifest {input.manifest} --out {output.model} {params.options} > {log} 2>&1"
 
 
 rule train_l2g:
@@ -26,11 +31,37 @@ rule train_l2g:
         model="results/{dataset}/l2g/model.pt",
     params:
         options=stage_flags("train_l2g"),
+    conda:
+        CONDA_ENV
     log:
         "results/{dataset}/logs/train_l2g.log",
     benchmark:
         "results/{dataset}/benchmarks/train_l2g.tsv"
-    threads: 2
+    threads: job_setting("threads", "train_l2g")
+    resources:
+        **job_resources("train_l2g"),
     shell:
-        "l2g train-l2g --manifest {input.manifest} --init-from {input.init} --out {output.model}"
+        launch(ddp=True) + "l2g train-l2g --manifest {input.manifest} --init-from {input.init} --out {output.model}"
+        " {params.options} > {log} 2>&1"
+
+
+rule train_control:
+    input:
+        manifest="results/{dataset}/data/manifest.json",
+        init="results/{dataset}/cls/model.pt",
+    output:
+        model="results/{dataset}/control/model.pt",
+    params:
+        options=control_flags,
+    conda:
+        CONDA_ENV
+    log:
+        "results/{dataset}/logs/train_control.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train_control.tsv"
+    threads: job_setting("threads", "train_control")
+    resources:
+        **job_resources("train_control"),
+    shell:
+        launch(ddp=True) + "l2g train-cls --manifest {input.manifest} --init-from {input.init} --out {output.model}"
         " {params.options} > {log} 2>&1"

@@ -1,0 +1,93 @@
+# DeepLab: trained on the pseudo labels (seg) and, as the fully supervised reference, on the
+# ground truth of the same images with the same budget (supervised); val predictions in shards;
+# the final scores results/{dataset}/miou.json and results/{dataset}/supervised/miou.json.
+
+
+rule train_seg:
+    input:
+        unpack(seg_inputs),
+    output:
+        model="results/{dataset}/{model}/model.pt",
+    wildcard_constraints:
+        model=one_of(SEG_MODELS),
+    params:
+        source=seg_source,
+        options=seg_flags,
+    conda:
+        CONDA_ENV
+    log:
+        "results/{dataset}/logs/train_{model}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train_{model}.tsv"
+    threads: job_setting("threads", "train_seg")
+    resources:
+        **job_resources("train_seg"),
+    shell:
+        launch(ddp=True) + "l2g train-seg --manifest {input.manifest} {params.source} --out {output.model}"
+        " {params.options} > {log} 2>&1"
+
+
+rule predict_seg:
+    input:
+        manifest="results/{dataset}/data/manifest.json",
+        model="results/{dataset}/{model}/model.pt",
+    output:
+        manifest="results/{dataset}/{model}/pred/manifest-shard-{shard}-of-{shards}.json",
+    wildcard_constraints:
+        model=one_of(SEG_MODELS),
+    params:
+        options=stage_flags("predict_seg"),
+    conda:
+        CONDA_ENV
+    log:
+        "results/{dataset}/logs/predict_{model}-{shard}-of-{shards}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/predict_{model}-{shard}-of-{shards}.tsv"
+    threads: job_setting("threads", "predict_seg")
+    resources:
+        **job_resources("predict_seg"),
+    shell:
+        launch() + "l2g predict-seg --manifest {input.manifest} --model {input.model} --split val"
+        " --out results/{wildcards.dataset}/{wildcards.model}/pred --shard {wildcards.shard}/{wildcards.shards}"
+        " --workers {threads} {params.options} > {log} 2>&1"
+
+
+rule score_seg:
+    input:
+        manifest="results/{dataset}/data/manifest.json",
+        pred="results/{dataset}/seg/pred/manifest.json",
+        **{stage: f"results/{{dataset}}/{stage}/miou.json" for stage in SUMMARY_STAGES},
+    output:
+        metrics="results/{dataset}/miou.json",
+        table="results/{dataset}/miou.csv",
+    conda:
+        CONDA_ENV
+    log:
+        "results/{dataset}/logs/score_seg.log",
+    benchmark:
+        "results/{dataset}/benchmarks/score_seg.tsv"
+    threads: job_setting("threads", "score_seg")
+    resources:
+        **job_resources("score_seg"),
+    shell:
+        score_seg_command("seg", SUMMARY_STAGES)
+
+
+rule score_supervised:
+    input:
+        manifest="results/{dataset}/data/manifest.json",
+        pred="results/{dataset}/supervised/pred/manifest.json",
+    output:
+        metrics="results/{dataset}/supervised/miou.json",
+        table="results/{dataset}/supervised/miou.csv",
+    conda:
+        CONDA_ENV
+    log:
+        "results/{dataset}/logs/score_supervised.log",
+    benchmark:
+        "results/{dataset}/benchmarks/score_supervised.tsv"
+    threads: job_setting("threads", "score_seg")
+    resources:
+        **job_resources("score_seg"),
+    shell:
+        score_seg_command("supervised", ())
