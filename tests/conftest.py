@@ -26,7 +26,7 @@ def tiny_config(**demo_overrides):
     return config
 
 
-def run_snakemake(workdir, *args, config=None, check=True):
+def run_snakemake(workdir, *args, config=None, check=True, env=None):
     """Run the repository's Snakefile in `workdir` with `config` written to workdir/config.yaml."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -35,7 +35,7 @@ def run_snakemake(workdir, *args, config=None, check=True):
     command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
                "--configfile", str(config_path), "--workflow-profile", str(REPO / "profiles" / "default"),
                *args]
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {}))
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")

@@ -131,3 +131,19 @@ def test_a_voc_sized_dataset_plans_per_stage_jobs_not_per_image_jobs(tmp_path):
                                       "results/voc/miou.json", config=config))
     assert jobs["export_cams"] == 3 * 4 and jobs["refine"] == 4 and jobs["predict_seg"] == 4
     assert sum(jobs.values()) < 40
+
+
+def test_gpu_jobs_claim_distinct_devices_and_a_2_gpu_training_runs_ddp(tmp_path):
+    """With two (pretended) GPUs and --resources gpu=2: the 2-GPU training job gets both and runs
+    under torchrun; the two export shards of 1 GPU each, running at once, get one device each."""
+    config = tiny_config()
+    config["datasets"]["demo"]["jobs"]["gpu"] = {"default": 0, "train_cls": 2, "export_cams": 1}
+    env = {"L2G_FAKE_GPUS": "2", "L2G_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    run_snakemake(tmp_path / "run", "--cores", "2", "--resources", "gpu=2", "--", "results/demo/cls_cams/manifest.json",
+                  config=config, env=env)
+    logs = tmp_path / "run/results/demo/logs"
+    train = (logs / "train_cls.log").read_text()
+    assert "claimed GPU(s) 0,1 of 0,1" in train and "DDP rank 0 of 2" in train
+    claims = [re.search(r"claimed GPU\(s\) (\d) of 0,1", (logs / f"export_cls_cams-{i}-of-2.log").read_text())
+              for i in (1, 2)]
+    assert all(claims) and {m.group(1) for m in claims} == {"0", "1"}  # started together: one each
