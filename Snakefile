@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/gather.smk"
 include: "workflow/rules/data.smk"
@@ -15,10 +18,16 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/cams.smk"
 include: "workflow/rules/pseudo_labels.smk"
 include: "workflow/rules/seg.smk"
+include: "workflow/rules/report.smk"
+
+
+onsuccess:
+    write_resolved_configs(config)
 
 
 rule all:
     input:
         "results/demo/miou.json",
         "results/demo/supervised/miou.json",
+        expand("results/demo/report/{name}.png", name=("iou_per_class", "samples", "loss_curves", "run_times")),
     default_target: True

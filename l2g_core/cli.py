@@ -26,6 +26,8 @@ STAGES = (
     ("train-seg", "l2g_core.stages.train_seg", "DeepLab-v2 trained on the pseudo labels (or the ground truth)"),
     ("predict-seg", "l2g_core.stages.predict_seg", "multi-scale, flipped DeepLab predictions, optionally CRF-refined"),
     ("score-seg", "l2g_core.stages.score_seg", "the final mIoU of the predictions, with the earlier stages' numbers"),
+    ("plot-report", "l2g_core.stages.plot_report",
+     "the figures of a finished run for snakemake --report: IoU bars, image grid, losses, run times"),
     ("gather", "l2g_core.stages.gather", "join the shards of a per-image stage into one complete folder"),
     ("evaluate", "l2g_core.stages.evaluate", "score label maps, or CAMs over background thresholds: mIoU and per-class IoU"),
     ("with-gpus", "l2g_core.stages.with_gpus",
@@ -33,8 +35,15 @@ STAGES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line (exit 2), pointing at --help instead of printing the usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(modules=None):
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="l2g", description="L2G weakly supervised semantic segmentation, one stage at a time.")
     parser.add_argument("--version", action="version", version=f"l2g {__version__}")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)

@@ -1,0 +1,243 @@
+"""`l2g plot-report`: the figures of a finished run, for `snakemake --report`.
+
+Reads a finished results/{dataset} folder (RESULTS) and writes four PNGs into --out:
+
+    iou_per_class.png  per-class IoU of every stage: plain, control and L2G CAMs, pseudo labels
+                       (the train split), DeepLab on the pseudo labels and the supervised DeepLab
+                       (the val split); from the stages' miou.json
+    samples.png        a few val images: image, ground truth, L2G CAM, pseudo label, DeepLab and
+                       supervised DeepLab predictions. The pipeline makes CAMs and pseudo labels for
+                       train images only, so those of the chosen val images are computed here the
+                       way the pipeline makes them: the L2G classifier (l2g/model.pt), the scales
+                       and flips of cams/manifest.json, the labelling of pseudo_labels/manifest.json
+    loss_curves.png    each model's train_log.csv (cls, l2g, control, seg, supervised)
+    run_times.png      seconds per stage from benchmarks/*.tsv (column s), shards of a stage summed
+"""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from l2g_core import plots
+from l2g_core.data.layout import VOCLayout
+from l2g_core.data.manifest import load_manifest, split_ids
+from l2g_core.errors import L2GError
+
+FIGURES = ("iou_per_class.png", "samples.png", "loss_curves.png", "run_times.png")
+# (legend label, metrics file under RESULTS), in pipeline order.
+SCORED_STAGES = (
+    ("plain CAMs, stage 1", "cls_cams/miou.json"),
+    ("control CAMs", "control_cams/miou.json"),
+    ("L2G CAMs", "cams/miou.json"),
+    ("pseudo labels", "pseudo_labels/miou.json"),
+    ("DeepLab on pseudo labels", "miou.json"),
+    ("supervised DeepLab reference", "supervised/miou.json"),
+)
+# {model folder under RESULTS: panel title} of the training stages.
+TRAINED_MODELS = {
+    "cls": "stage 1 classifier (cls)",
+    "l2g": "L2G transfer (l2g)",
+    "control": "control classifier (control)",
+    "seg": "DeepLab on pseudo labels (seg)",
+    "supervised": "DeepLab on ground truth (supervised)",
+}
+# Benchmark names in pipeline order (prefixes); other names follow, alphabetically.
+STAGE_ORDER = ("make_synthetic", "prepare", "train_cls", "train_l2g", "train_control",
+               "export_cls_cams", "export_control_cams", "export_cams",
+               "gather_cls_cams", "gather_control_cams", "gather_cams",
+               "evaluate_cls_cams", "evaluate_control_cams", "evaluate_cams",
+               "refine", "gather_pseudo_labels", "score_pseudo_labels",
+               "train_seg", "train_supervised", "predict_seg", "predict_supervised", "gather_",
+               "score_seg", "score_supervised")
+SHARD_SUFFIX = re.compile(r"-(\d+)-of-(\d+)$")
+COLUMNS = ("image", "ground truth", "L2G CAM", "pseudo label", "DeepLab\n(pseudo labels)", "DeepLab\n(ground truth)")
+
+
+def configure(parser):
+    parser.add_argument("results", help="the finished run's folder, results/{dataset}")
+    parser.add_argument("--out", help="folder for the PNGs (default RESULTS/report)")
+    parser.add_argument("--images", type=int, default=4, help="val images in the grid (default 4)")
+    parser.add_argument("--ids", nargs="+", help="val image ids for the grid (default: the first ones that "
+                                                  "together show the most classes)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cuda or cpu, for the CAMs")
+
+
+def read_json(path):
+    path = Path(path)
+    if not path.is_file():
+        raise L2GError(f"{path}: not found (run the pipeline to the end first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise L2GError(f"{path}: not valid JSON ({error})") from None
+
+
+# --- data of each figure -------------------------------------------------------------------------
+
+
+def stage_scores(results):
+    """[{label, note, per_class_iou, miou}, ...] of SCORED_STAGES; the note names the split scored."""
+    stages = []
+    for label, name in SCORED_STAGES:
+        metrics = read_json(Path(results) / name)
+        split = metrics.get("split", "?") + (f", {metrics['num_images']} images" if "num_images" in metrics else "")
+        stages.append({"label": label, "note": split, "per_class_iou": metrics["per_class_iou"],
+                       "miou": metrics["miou"]})
+    return stages
+
+
+def read_train_log(path):
+    """{column: [float, ...]} of a train_log.csv."""
+    path = Path(path)
+    if not path.is_file():
+        raise L2GError(f"{path}: not found (the training stage writes it beside its model)")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "update" not in rows[0] or "loss" not in rows[0]:
+        raise L2GError(f"{path}: no rows with update and loss columns")
+    return {key: [float(row[key]) for row in rows if row[key] not in ("", None)] for key in rows[0]}
+
+
+def train_logs(results):
+    return {folder: read_train_log(Path(results) / folder / "train_log.csv") for folder in TRAINED_MODELS}
+
+
+def _order(name):
+    for index, prefix in enumerate(STAGE_ORDER):
+        if name.startswith(prefix):
+            return index, name
+    return len(STAGE_ORDER), name
+
+
+def stage_times(benchmarks, skip=("report",)):
+    """{label: seconds} from the benchmark files (column s), the shards of a stage summed; the
+    label names the stage (the file name without -i-of-n) and how many shards it ran in."""
+    totals, shards = {}, {}
+    for path in sorted(Path(benchmarks).rglob("*.tsv")):
+        name = path.relative_to(benchmarks).with_suffix("").as_posix()
+        match = SHARD_SUFFIX.search(name)
+        stage = name[:match.start()] if match else name
+        if stage in skip:
+            continue
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        if not rows or "s" not in rows[0]:
+            raise L2GError(f"{path}: not a Snakemake benchmark file (no column s)")
+        totals[stage] = totals.get(stage, 0.0) + sum(float(row["s"]) for row in rows)
+        shards[stage] = shards.get(stage, 0) + 1
+    if not totals:
+        raise L2GError(f"{benchmarks}: no benchmark files (*.tsv)")
+    return {(f"{stage} ({shards[stage]} shards)" if shards[stage] > 1 else stage): totals[stage]
+            for stage in sorted(totals, key=_order)}
+
+
+def choose_ids(ids, labels, count):
+    """The first ids that each show a class not shown yet, then the first others, `count` in all."""
+    chosen, seen = [], set()
+    for image_id in ids:
+        if len(chosen) < count and set(labels[image_id]) - seen:
+            chosen.append(image_id)
+            seen |= set(labels[image_id])
+    chosen += [i for i in ids if i not in chosen][:count - len(chosen)]
+    return sorted(chosen, key=ids.index)
+
+
+def report_cams(model_path, layout, ids, labels, class_names, export_settings, device):
+    """{id: (cams (K, H, W) float32, classes)} as `l2g export-cams` makes them (float16 files)."""
+    import torch
+
+    from l2g_core.data.torch_data import normalise
+    from l2g_core.inference import batches_of_equal_size
+    from l2g_core.model_io import load_classifier
+    from l2g_core.runtime import setup_runtime
+    from l2g_core.stages.export_cams import multiscale_cams, present_cams
+
+    runtime = setup_runtime(device)
+    model, _ = load_classifier(model_path, class_names=class_names)
+    model.to(runtime.device).eval()
+    out = {}
+    for batch_ids in batches_of_equal_size(layout, ids, 8):
+        images = torch.stack([normalise(layout.load_image(i)) for i in batch_ids]).to(runtime.device)
+        summed = multiscale_cams(model, images, export_settings["scales"], export_settings["flip"]).cpu().numpy()
+        for image_id, maps in zip(batch_ids, summed):
+            classes = labels[image_id]
+            cams = present_cams(maps, classes).astype(np.float16).astype(np.float32)
+            out[image_id] = (cams, np.asarray(classes, dtype=np.int64))
+    return out
+
+
+def pseudo_label(image, cams, classes, settings, saliency):
+    """The label map `l2g refine` makes with the settings of its manifest."""
+    from l2g_core.crf import refine_labels
+
+    band = settings.get("ignore_band")
+    return refine_labels(image, cams, classes, threshold=None if band else settings["threshold"],
+                         ignore_band=tuple(band) if band else None, use_crf=settings["crf"],
+                         crf_params=settings.get("crf_params"), saliency=saliency)
+
+
+def load_label_png(path):
+    from l2g_core.stages.evaluate import load_png
+
+    if not Path(path).is_file():
+        raise L2GError(f"{path}: prediction not found")
+    return load_png(path)
+
+
+def grid_rows(results, manifest, ids, device):
+    """[(row title, [6 panels]), ...] for the val images `ids`."""
+    results = Path(results)
+    layout = VOCLayout(manifest["root"])
+    labels = json.loads(Path(manifest["labels"]).read_text())
+    export = read_json(results / "cams" / "manifest.json")["settings"]
+    refine = read_json(results / "pseudo_labels" / "manifest.json")["settings"]
+    cams = report_cams(results / "l2g" / "model.pt", layout, ids, labels, manifest["class_names"], export, device)
+    rows = []
+    for image_id in ids:
+        image = layout.load_image(image_id)
+        saliency = layout.load_saliency(image_id) if refine.get("background") == "saliency" else None
+        image_cams, classes = cams[image_id]
+        names = ", ".join(manifest["class_names"][c - 1] for c in classes)
+        rows.append((f"{image_id}\n{names}", [
+            image, layout.load_mask(image_id), plots.cam_overlay(image, image_cams),
+            pseudo_label(image, image_cams, classes, refine, saliency),
+            load_label_png(results / "seg" / "pred" / f"{image_id}.png"),
+            load_label_png(results / "supervised" / "pred" / f"{image_id}.png")]))
+    return rows
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def run(args):
+    results = Path(args.results)
+    out = Path(args.out) if args.out else results / "report"
+    if args.images < 1:
+        raise L2GError(f"--images {args.images}: need at least 1")
+    manifest = load_manifest(results / "data" / "manifest.json")
+    class_names = ["background"] + list(manifest["class_names"])
+    # Read everything first, so a missing file stops the command before any figure is written.
+    scores = stage_scores(results)
+    logs = train_logs(results)
+    times = stage_times(results / "benchmarks")
+    val = split_ids(manifest, "val")
+    if args.ids:
+        unknown = [i for i in args.ids if i not in val]
+        if unknown:
+            raise L2GError(f"--ids: {', '.join(unknown)} not in the val split")
+        ids = list(args.ids)
+    else:
+        labels = json.loads(Path(manifest["labels"]).read_text())
+        ids = choose_ids(val, labels, args.images)
+    rows = grid_rows(results, manifest, ids, args.device)
+
+    name = manifest["name"]
+    plots.iou_bars(out / "iou_per_class.png", scores, class_names, title=f"Per-class IoU of each stage ({name})")
+    plots.sample_grid(out / "samples.png", rows, COLUMNS, class_names,
+                      title=f"{len(ids)} val images of {name} (CAMs and pseudo labels computed for the report)")
+    plots.loss_curves(out / "loss_curves.png", logs, TRAINED_MODELS, title=f"Training losses ({name})")
+    plots.run_times(out / "run_times.png", times, title=f"Run time of each stage of {name}, shards summed")
+    print(f"plot-report: {', '.join(FIGURES)} in {out} (grid: {', '.join(ids)})")

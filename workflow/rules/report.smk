@@ -1,0 +1,58 @@
+# The figures of a finished run for `snakemake --report report.html` (l2g plot-report): per-class
+# IoU of each stage, val images through the pipeline, training losses and stage run times. Each
+# PNG is a report item with a caption (workflow/report/*.rst). The train logs and benchmark files
+# it also reads are written beside the models and by Snakemake, not declared by rules: the models
+# and the two final scores (the last jobs of the chain) stand for them.
+
+REPORT_MODELS = ("cls", "l2g", "control", "seg", "supervised")
+
+
+rule report:
+    input:
+        manifest="results/{dataset}/data/manifest.json",
+        final="results/{dataset}/miou.json",
+        supervised="results/{dataset}/supervised/miou.json",
+        scores=expand("results/{{dataset}}/{stage}/miou.json", stage=SUMMARY_STAGES),
+        models=expand("results/{{dataset}}/{model}/model.pt", model=REPORT_MODELS),
+        cams="results/{dataset}/cams/manifest.json",
+        labels="results/{dataset}/pseudo_labels/manifest.json",
+        pred=expand("results/{{dataset}}/{model}/pred/manifest.json", model=SEG_MODELS),
+    output:
+        iou=report(
+            "results/{dataset}/report/iou_per_class.png",
+            caption="../report/iou_per_class.rst",
+            category="1. Scores",
+            subcategory="{dataset}",
+        ),
+        samples=report(
+            "results/{dataset}/report/samples.png",
+            caption="../report/samples.rst",
+            category="2. Examples",
+            subcategory="{dataset}",
+        ),
+        losses=report(
+            "results/{dataset}/report/loss_curves.png",
+            caption="../report/loss_curves.rst",
+            category="3. Training",
+            subcategory="{dataset}",
+        ),
+        times=report(
+            "results/{dataset}/report/run_times.png",
+            caption="../report/run_times.rst",
+            category="4. Run times",
+            subcategory="{dataset}",
+        ),
+    params:
+        images=4,
+    conda:
+        CONDA_ENV
+    log:
+        "results/{dataset}/logs/report.log",
+    benchmark:
+        "results/{dataset}/benchmarks/report.tsv"
+    threads: job_setting("threads", "report")
+    resources:
+        **job_resources("report"),
+    shell:
+        launch() + "l2g plot-report results/{wildcards.dataset} --out results/{wildcards.dataset}/report"
+        " --images {params.images} > {log} 2>&1"
