@@ -3,7 +3,7 @@
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +15,13 @@ def atomic_path(path):
     """Yield a temporary path in the same folder; rename it to `path` only on success.
 
     Same folder, so the rename is atomic on POSIX file systems; a killed writer leaves at most a
-    hidden `.tmp` file behind, never a file under the final name.
+    hidden `.NAME.*.tmp` file behind, never a file under the final name. The file gets the
+    permissions of the umask, as open() gives (mkstemp's 0600 would hide results from a group).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield Path(tmp)
         os.replace(tmp, path)

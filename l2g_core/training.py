@@ -185,10 +185,16 @@ class Trainer:
 
     def resume(self):
         """Continue from checkpoint.pt when it was made with the same settings; say what happened."""
+        if self.runtime.is_main:  # a run killed while writing a checkpoint leaves a hidden temporary
+            for stale in self.out_dir.glob(f".{self.checkpoint_path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         if not self.checkpoint_path.is_file():
             return "starting from epoch 0"
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != self.fingerprint:
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as error:  # e.g. emptied by a crash of its machine before the data reached the disk
+            return f"ignoring {self.checkpoint_path}: unreadable ({type(error).__name__}); starting from epoch 0"
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             return f"ignoring {self.checkpoint_path}: made with other settings; starting from epoch 0"
         for name, model in self.models.items():
             model.load_state_dict(state["models"][name])

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+import yaml
 
 from conftest import run_snakemake, tiny_config
 
@@ -89,6 +90,10 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
     for log in ("train_seg", "train_supervised", "score_seg", "predict_seg-1-of-2", "refine-2-of-2"):
         assert (results / "logs" / f"{log}.log").is_file()
     assert "runs on the CPU" in (results / "logs/train_seg.log").read_text()
+    # the settings this run resolved, and the software versions, beside the results
+    resolved = yaml.safe_load((results / "config.yaml").read_text())
+    assert resolved["settings"] == tiny_config()["datasets"]["demo"]
+    assert resolved["versions"]["torch"].startswith("2.13") and "snakemake" in resolved["versions"]
 
 
 def test_forcing_one_stage_reruns_it_and_everything_after_it_only(finished):

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from l2g_core.errors import L2GError
 
@@ -47,7 +47,9 @@ def _open_image(path, what):
     try:
         image = Image.open(path)
         image.load()
-    except OSError as error:
+    except UnidentifiedImageError:
+        raise L2GError(f"{path}: cannot read {what} (not an image file, or corrupt from its first bytes)") from None
+    except (OSError, Image.DecompressionBombError) as error:
         raise L2GError(f"{path}: cannot read {what} ({error})") from None
     return image
 
@@ -91,6 +93,11 @@ class VOCLayout:
 
     def has_saliency(self):
         return (self.root / SALIENCY_DIR).is_dir()
+
+    def decoded_size(self, image_id):
+        """(width, height) of an image, decoded whole: a truncated or corrupt file fails here."""
+        with _open_image(self.image_path(image_id), "image") as image:
+            return image.size
 
     def load_image(self, image_id):
         """H x W x 3 uint8 RGB."""

@@ -10,7 +10,10 @@ def load_manifest(path):
     path = Path(path)
     if not path.is_file():
         raise L2GError(f"{path}: manifest not found (run the prepare stage first)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise L2GError(f"{path}: not a manifest (not valid JSON: {error})") from None
 
 
 def split_ids(manifest, split):

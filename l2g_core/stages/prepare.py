@@ -1,5 +1,8 @@
 """`l2g prepare`: check a dataset in the VOC layout; write its manifest, split lists and labels.
 
+Every listed image is decoded whole (a truncated or corrupt file is refused here, not days later
+in training), and its mask and saliency map are checked against its size, in `--workers` threads.
+
 Outputs, beside `--out manifest.json`:
     labels.json     {id: [mask class indices]} for every listed image
     {split}.txt     the ids each later stage uses (training images without a class removed,
@@ -12,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from l2g_core import __version__
@@ -33,7 +35,7 @@ def configure(parser):
                         help="training images with no foreground class: skip them (counted in the "
                              "manifest) or refuse the dataset (default skip)")
     parser.add_argument("--out", required=True, help="manifest.json to write; the rest goes beside it")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="threads reading masks")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="threads decoding images and masks")
 
 
 def parse_splits(items):
@@ -64,11 +66,10 @@ def check_images(layout, ids):
             raise L2GError(f"{layout.image_path(image_id)}: image listed but missing")
 
 
-def read_checked_mask(layout, image_id, num_classes):
-    """The mask of one image after checking its size against the image and its values."""
+def read_checked_mask(layout, image_id, num_classes, size):
+    """The mask of one image after checking its size against the image's (width, height) and its values."""
     mask = layout.load_mask(image_id)
-    with Image.open(layout.image_path(image_id)) as image:
-        width, height = image.size
+    width, height = size
     if mask.shape != (height, width):
         raise L2GError(f"{layout.mask_path(image_id)}: mask is {mask.shape[1]}x{mask.shape[0]} "
                        f"but its image is {width}x{height}")
@@ -79,23 +80,33 @@ def read_checked_mask(layout, image_id, num_classes):
     return mask
 
 
-def labels_for_split(layout, ids, num_classes, stored, workers):
-    """Image-level labels: from ROOT/cls_labels.json where it has the id, else from the mask."""
-    missing = [i for i in ids if stored is None or i not in stored]
-    labels = {i: stored[i] for i in ids if stored is not None and i in stored}
-    for image_id in missing:
-        if not layout.mask_path(image_id).is_file():
+def check_one(layout, image_id, num_classes, with_saliency):
+    """Decode one image whole (a truncated or corrupt file fails here) and check its saliency map
+    and mask against it; return the mask's foreground classes, or None when it has no mask."""
+    size = layout.decoded_size(image_id)
+    if with_saliency:
+        saliency = layout.load_saliency(image_id)
+        if saliency.shape != (size[1], size[0]):
+            raise L2GError(f"{layout.saliency_path(image_id)}: saliency map is {saliency.shape[1]}x"
+                           f"{saliency.shape[0]} but its image is {size[0]}x{size[1]}")
+    if not layout.mask_path(image_id).is_file():
+        return None
+    return labels_from_mask(read_checked_mask(layout, image_id, num_classes, size), num_classes)
+
+
+def labels_for_split(layout, ids, num_classes, stored, workers, with_saliency=False):
+    """Check every image of a split (decoded, with its mask and saliency map) in `workers` threads;
+    image-level labels from ROOT/cls_labels.json where it has the id, else from the mask."""
+    for image_id in ids:
+        if (stored is None or image_id not in stored) and not layout.mask_path(image_id).is_file():
             raise L2GError(f"{layout.mask_path(image_id)}: no mask and no entry in cls_labels.json, "
                            f"so image {image_id} has no image-level labels")
-
-    def from_mask(image_id):
-        return image_id, labels_from_mask(read_checked_mask(layout, image_id, num_classes), num_classes)
-
+    labels = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for image_id, present in tqdm(pool.map(from_mask, missing), total=len(missing),
-                                      desc="labels from masks", unit="img", mininterval=1.0,
-                                      disable=not missing):
-            labels[image_id] = present
+        checked = pool.map(lambda image_id: check_one(layout, image_id, num_classes, with_saliency), ids)
+        for image_id, present in tqdm(zip(ids, checked), total=len(ids), desc="checking images", unit="img",
+                                      mininterval=1.0):
+            labels[image_id] = stored[image_id] if stored is not None and image_id in stored else present
     for image_id, present in labels.items():
         if any(not 1 <= c <= num_classes for c in present):
             raise L2GError(f"cls_labels.json: image {image_id} has a class outside 1..{num_classes}")
@@ -117,12 +128,13 @@ def run(args):
         check_unique(ids, list_path)
         check_images(layout, ids)
         has_gt = all(layout.mask_path(i).is_file() for i in ids)
-        labels.update(labels_for_split(layout, ids, num_classes, stored, args.workers))
-        if has_saliency and role == "train":
+        with_saliency = has_saliency and role == "train"
+        if with_saliency:
             for image_id in ids:
                 if not layout.saliency_path(image_id).is_file():
                     raise L2GError(f"{layout.saliency_path(image_id)}: saliency map missing "
                                    f"(the Sal folder exists, so every training image needs one)")
+        labels.update(labels_for_split(layout, ids, num_classes, stored, args.workers, with_saliency))
         kept = ids
         if role == "train":
             empty = [i for i in ids if not labels[i]]

@@ -3,7 +3,7 @@ import sys
 
 from l2g_core.config import require_root, validate_config
 from l2g_core.errors import L2GError
-from l2g_core.workflow_support import cli_flags, job_environment
+from l2g_core.workflow_support import cli_flags, job_environment, write_resolved_configs
 
 job_environment(workflow.basedir)
 CONDA_ENV = "../../envs/l2g.yaml"  # for rules in workflow/rules/
