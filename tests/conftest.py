@@ -57,3 +57,17 @@ def prepare_tiny_dataset(root, train, val=2, size=64):
     assert main(["prepare", "--name", "demo", "--kind", "synthetic", "--root", str(root / "data"),
                  "--split", "train=train", "--split", "val=val", "--out", str(manifest)]) == 0
     return manifest
+
+
+FINAL_TARGETS = ("results/demo/miou.json", "results/demo/supervised/miou.json")
+
+
+@pytest.fixture(scope="session")
+def finished_demo(tmp_path_factory):
+    """A working directory where the tiny demo chain has run to the end, report figures included
+    (shared by the workflow and report tests: one run of the whole chain per test session)."""
+    from l2g_core.stages.plot_report import FIGURES
+
+    workdir = tmp_path_factory.mktemp("chain")
+    run_snakemake(workdir, "--cores", "2", *FINAL_TARGETS, *(f"results/demo/report/{f}" for f in FIGURES))
+    return workdir

@@ -135,12 +135,9 @@ def test_plot_report_on_an_unfinished_run_is_one_line(tmp_path, capsys):
 REPORT = [f"results/demo/report/{name}" for name in FIGURES]
 
 
-@pytest.fixture(scope="module")
-def reported(tmp_path_factory):
-    """A working directory where the tiny demo chain has run up to the report figures."""
-    workdir = tmp_path_factory.mktemp("report")
-    run_snakemake(workdir, "--cores", "2", *REPORT)
-    return workdir
+@pytest.fixture
+def reported(finished_demo):
+    return finished_demo
 
 
 def test_the_report_rule_writes_the_four_figures(reported):

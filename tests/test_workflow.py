@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_snakemake, tiny_config
+from conftest import FINAL_TARGETS, run_snakemake, tiny_config
 
 
 def test_prepare_rule_builds_the_demo_dataset_and_manifest(tmp_path):
@@ -39,7 +39,7 @@ def test_changing_the_generator_setting_reruns_the_data_stages(tmp_path):
     assert "make_synthetic" in dry.stdout and "prepare" in dry.stdout
 
 
-FINAL = ("results/demo/miou.json", "results/demo/supervised/miou.json")
+FINAL = FINAL_TARGETS
 
 
 def planned_jobs(result):
@@ -49,12 +49,9 @@ def planned_jobs(result):
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A working directory where the whole tiny demo chain has run."""
-    workdir = tmp_path_factory.mktemp("chain")
-    run_snakemake(workdir, "--cores", "2", *FINAL)
-    return workdir
+@pytest.fixture
+def finished(finished_demo):
+    return finished_demo
 
 
 def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
