@@ -14,7 +14,7 @@ import torch
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import atomic_path
 from l2g_core.models import build_classifier, load_state_dict_checked
-from l2g_core.runtime import software_versions
+from l2g_core.versions import software_versions
 
 FORMAT = "l2g-classifier/1"
 SEGMENTER_FORMAT = "l2g-segmenter/1"

@@ -1,7 +1,6 @@
-"""Where a stage runs: device choice, DDP under torchrun, seeds and the software versions."""
+"""Where a stage runs: device choice, DDP under torchrun, seeds and random states."""
 
 import os
-import platform
 import random
 from dataclasses import dataclass
 
@@ -9,7 +8,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from l2g_core import __version__
 from l2g_core.errors import L2GError
 
 
@@ -79,11 +77,3 @@ def restore_rng_states(states):
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def software_versions():
-    """Versions stored beside every stage's outputs, so a number can be traced to its software."""
-    import torchvision
-
-    return {"l2g": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__)}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import write_json
-from l2g_core.runtime import software_versions
+from l2g_core.versions import software_versions
 
 MANIFEST = "manifest.json"
 SHARD_KEYS = ("shard", "ids", "num_images", "files", "versions")  # what may differ between shards

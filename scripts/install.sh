@@ -10,5 +10,5 @@ export PIP_CONFIG_FILE=/dev/null
 unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_INDEX_URL || true
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade uv
-.venv/bin/python -m uv pip install --python .venv/bin/python -e '.[test]'
+.venv/bin/python -m uv pip install --compile-bytecode --python .venv/bin/python -e '.[test]'
 .venv/bin/python -c "import torch, torchvision, pydensecrf.densecrf; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"

@@ -11,7 +11,7 @@ import sys
 import torch
 
 from l2g_core.cli import main
-from l2g_core.runtime import software_versions
+from l2g_core.versions import software_versions
 
 from conftest import prepare_tiny_dataset, tiny_config
 
