@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from l2g_core.errors import L2GError
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -34,6 +36,18 @@ def atomic_path(path):
 def write_text(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_json(path, missing="not found"):
+    """A JSON file's content; one-line L2GError when it is absent (`missing` says what that means)
+    or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise L2GError(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise L2GError(f"{path}: not valid JSON ({error})") from None
 
 
 def write_json(path, obj):

@@ -12,14 +12,14 @@ manifests into `manifest.json` after checking that every id of the split is ther
 that every file is on disk with its size, and that all shards were made with the same settings.
 """
 
-import json
 from pathlib import Path
 
 from l2g_core.errors import L2GError
-from l2g_core.io_utils import write_json
+from l2g_core.io_utils import read_json, write_json
 from l2g_core.versions import software_versions
 
 MANIFEST = "manifest.json"
+NO_CRF_DIR = "no_crf"  # predict-seg: the labels before the CRF, beside the final ones
 SHARD_KEYS = ("shard", "ids", "num_images", "files", "versions")  # what may differ between shards
 
 
@@ -75,13 +75,7 @@ def write_manifest(path, *, stage, shard, ids, files, settings):
 
 
 def read_manifest(path):
-    path = Path(path)
-    if not path.is_file():
-        raise L2GError(f"{path}: not found, so that output is missing or incomplete")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise L2GError(f"{path}: not valid JSON ({error})") from None
+    return read_json(path, "not found, so that output is missing or incomplete")
 
 
 def gather(folder, ids, count):

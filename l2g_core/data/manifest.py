@@ -1,19 +1,13 @@
 """The prepared dataset a stage reads: results/{dataset}/data/manifest.json (torch-free)."""
 
-import json
 from pathlib import Path
 
 from l2g_core.errors import L2GError
+from l2g_core.io_utils import read_json
 
 
 def load_manifest(path):
-    path = Path(path)
-    if not path.is_file():
-        raise L2GError(f"{path}: manifest not found (run the prepare stage first)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise L2GError(f"{path}: not a manifest (not valid JSON: {error})") from None
+    return read_json(path, "manifest not found (run the prepare stage first)")
 
 
 def split_ids(manifest, split):

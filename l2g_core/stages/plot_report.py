@@ -25,6 +25,7 @@ from l2g_core import plots
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
+from l2g_core.io_utils import read_json
 
 FIGURES = ("iou_per_class.png", "samples.png", "loss_curves.png", "run_times.png")
 # (legend label, metrics file under RESULTS), in pipeline order.
@@ -65,14 +66,8 @@ def configure(parser):
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cuda or cpu, for the CAMs")
 
 
-def read_json(path):
-    path = Path(path)
-    if not path.is_file():
-        raise L2GError(f"{path}: not found (run the pipeline to the end first)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise L2GError(f"{path}: not valid JSON ({error})") from None
+def read_result(path):
+    return read_json(path, "not found (run the pipeline to the end first)")
 
 
 # --- data of each figure -------------------------------------------------------------------------
@@ -82,7 +77,7 @@ def stage_scores(results):
     """[{label, note, per_class_iou, miou}, ...] of SCORED_STAGES; the note names the split scored."""
     stages = []
     for label, name in SCORED_STAGES:
-        metrics = read_json(Path(results) / name)
+        metrics = read_result(Path(results) / name)
         split = metrics.get("split", "?") + (f", {metrics['num_images']} images" if "num_images" in metrics else "")
         stages.append({"label": label, "note": split, "per_class_iou": metrics["per_class_iou"],
                        "miou": metrics["miou"]})
@@ -192,8 +187,8 @@ def grid_rows(results, manifest, ids, device):
     results = Path(results)
     layout = VOCLayout(manifest["root"])
     labels = json.loads(Path(manifest["labels"]).read_text())
-    export = read_json(results / "cams" / "manifest.json")["settings"]
-    refine = read_json(results / "pseudo_labels" / "manifest.json")["settings"]
+    export = read_result(results / "cams" / "manifest.json")["settings"]
+    refine = read_result(results / "pseudo_labels" / "manifest.json")["settings"]
     cams = report_cams(results / "l2g" / "model.pt", layout, ids, labels, manifest["class_names"], export, device)
     rows = []
     for image_id in ids:

@@ -28,9 +28,7 @@ from l2g_core.io_utils import write_label_png
 from l2g_core.model_io import load_segmenter
 from l2g_core.parallel import available_cores, bounded_map
 from l2g_core.runtime import setup_runtime
-from l2g_core.shards import describe_shard, parse_shard, shard_ids, start_output, write_manifest
-
-NO_CRF_DIR = "no_crf"
+from l2g_core.shards import NO_CRF_DIR, describe_shard, parse_shard, shard_ids, start_output, write_manifest
 
 
 def configure(parser):

@@ -19,7 +19,6 @@ manifests), so a folder without its manifest is never complete.
 """
 
 import argparse
-import json
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from l2g_core.crf import DEFAULT_CRF_PARAMS, add_crf_arguments, crf_params_from_
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
-from l2g_core.io_utils import write_label_png
+from l2g_core.io_utils import read_json, write_label_png
 from l2g_core.parallel import available_cores, parallel_map
 from l2g_core.shards import describe_shard, parse_shard, shard_ids, start_output, write_manifest
 
@@ -61,13 +60,8 @@ def configure(parser):
 
 
 def read_best_threshold(path):
-    path = Path(path)
-    if not path.is_file():
-        raise L2GError(f"{path}: metrics file not found")
-    try:
-        value = json.loads(path.read_text()).get("best_threshold")
-    except (json.JSONDecodeError, AttributeError) as error:
-        raise L2GError(f"{path}: not a JSON object of metrics ({error})") from None
+    metrics = read_json(path, "metrics file not found")
+    value = metrics.get("best_threshold") if isinstance(metrics, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise L2GError(f"{path}: no numeric \"best_threshold\"")
     return float(value)

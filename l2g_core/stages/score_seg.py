@@ -10,7 +10,6 @@ labels) into the same file, so one JSON tells the whole run.
     OUT.csv   class, iou, iou_no_crf, precision, recall; a last row "mean" with the two mIoUs
 """
 
-import json
 import os
 from pathlib import Path
 
@@ -20,10 +19,9 @@ from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores
-from l2g_core.io_utils import write_json, write_text
+from l2g_core.io_utils import read_json, write_json, write_text
 from l2g_core.stages.evaluate import check_all_present, csv_text, load_png, size_error
-from l2g_core.shards import MANIFEST, read_manifest
-from l2g_core.stages.predict_seg import NO_CRF_DIR
+from l2g_core.shards import MANIFEST, NO_CRF_DIR, read_manifest
 
 STAGE_KEYS = ("miou", "miou_no_crf", "best_threshold", "split", "num_images")
 
@@ -43,11 +41,7 @@ def stage_summary(item):
     name, sep, path = item.partition("=")
     if not sep or not name or not path:
         raise L2GError(f"--stage {item!r}: expected NAME=METRICS_JSON")
-    path = Path(path)
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise L2GError(f"{path}: cannot read stage metrics ({error})") from None
+    metrics = read_json(path, "stage metrics not found")
     summary = {key: metrics[key] for key in STAGE_KEYS if key in metrics}
     if isinstance(metrics.get("saliency_baseline"), dict):
         summary["saliency_baseline"] = metrics["saliency_baseline"]["miou"]
