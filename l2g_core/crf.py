@@ -33,6 +33,7 @@ images (~500 px); the narrow colour std keeps labels from crossing visible edges
 import numpy as np
 
 from l2g_core.cam_io import cams_to_labels, saliency_as_cams
+from l2g_core.errors import L2GError
 
 EPS = 1e-5
 
@@ -70,8 +71,6 @@ def add_crf_arguments(parser, defaults, title):
 
 def crf_params_from_args(args):
     """The CRF parameters of parsed options, checked (L2GError names the option)."""
-    from l2g_core.errors import L2GError
-
     params = {key: getattr(args, key) for _, key, _, _ in CRF_OPTIONS}
     for option, key, _, _ in CRF_OPTIONS:
         value, least = params[key], (0 if key in ("iterations", "pos_w", "bi_w") else 1e-6)

@@ -15,7 +15,6 @@ Outputs (each written atomically and rewritten on every run, the JSON last):
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores, sweep_confusions
 from l2g_core.io_utils import write_json, write_text
+from l2g_core.parallel import available_cores
 
 PNG_SUFFIX = ".png"
 DEFAULT_THRESHOLDS = [round(float(t), 2) for t in np.arange(0.05, 0.601, 0.05)]
@@ -45,7 +45,7 @@ def configure(parser):
                        help="CAMs: background thresholds to sweep (default 0.05 0.10 ... 0.60)")
     group.add_argument("--threshold", type=float, metavar="T",
                        help="CAMs: evaluate at this one background threshold instead of a sweep")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads reading files")
+    parser.add_argument("--workers", type=int, default=available_cores(), help="threads reading files")
 
 
 def choose_kind(kind, pred_dir, first_id):

@@ -48,6 +48,15 @@ def present_cams(summed, classes):
     return maps / (peak + 1e-5)
 
 
+def image_cams(model, layout, ids, labels, scales, flip, batch_size, device):
+    """(id, CAMs of the present classes (K, H, W), classes) of every image, batched by size."""
+    for batch_ids in batches_of_equal_size(layout, ids, batch_size):
+        images = torch.stack([normalise(layout.load_image(i)) for i in batch_ids]).to(device)
+        summed = multiscale_cams(model, images, scales, flip).cpu().numpy()
+        for image_id, maps in zip(batch_ids, summed):
+            yield image_id, present_cams(maps, labels[image_id]), labels[image_id]
+
+
 def run(args):
     if not args.scales or min(args.scales) <= 0:
         raise L2GError("--scales must be positive numbers")
@@ -66,16 +75,11 @@ def run(args):
     out = Path(args.out)
     own_manifest = start_output(out, shard)
     files = {}
-    with tqdm(total=len(ids), desc="export-cams", unit="img", mininterval=2.0) as bar:
-        for batch_ids in batches_of_equal_size(layout, ids, args.batch_size):
-            images = torch.stack([normalise(layout.load_image(i)) for i in batch_ids]).to(runtime.device)
-            summed = multiscale_cams(model, images, args.scales, args.flip).cpu().numpy()
-            for image_id, maps in zip(batch_ids, summed):
-                classes = labels[image_id]
-                path = cam_path(out, image_id)
-                save_cams(path, present_cams(maps, classes), classes)
-                files[path.name] = path.stat().st_size
-            bar.update(len(batch_ids))
+    cams = image_cams(model, layout, ids, labels, args.scales, args.flip, args.batch_size, runtime.device)
+    for image_id, maps, classes in tqdm(cams, total=len(ids), desc="export-cams", unit="img", mininterval=2.0):
+        path = cam_path(out, image_id)
+        save_cams(path, maps, classes)
+        files[path.name] = path.stat().st_size
     write_manifest(own_manifest, stage="export-cams", shard=shard, ids=ids, files=files, settings={
         "model": str(Path(args.model).resolve()), "model_stage": state["stage"], "split": args.split,
         "scales": args.scales, "flip": args.flip})

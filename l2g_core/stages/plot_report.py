@@ -142,36 +142,25 @@ def choose_ids(ids, labels, count):
 
 def report_cams(model_path, layout, ids, labels, class_names, export_settings, device):
     """{id: (cams (K, H, W) float32, classes)} as `l2g export-cams` makes them (float16 files)."""
-    import torch
-
-    from l2g_core.data.torch_data import normalise
-    from l2g_core.inference import batches_of_equal_size
     from l2g_core.model_io import load_classifier
     from l2g_core.runtime import setup_runtime
-    from l2g_core.stages.export_cams import multiscale_cams, present_cams
+    from l2g_core.stages.export_cams import image_cams
 
     runtime = setup_runtime(device)
     model, _ = load_classifier(model_path, class_names=class_names)
     model.to(runtime.device).eval()
-    out = {}
-    for batch_ids in batches_of_equal_size(layout, ids, 8):
-        images = torch.stack([normalise(layout.load_image(i)) for i in batch_ids]).to(runtime.device)
-        summed = multiscale_cams(model, images, export_settings["scales"], export_settings["flip"]).cpu().numpy()
-        for image_id, maps in zip(batch_ids, summed):
-            classes = labels[image_id]
-            cams = present_cams(maps, classes).astype(np.float16).astype(np.float32)
-            out[image_id] = (cams, np.asarray(classes, dtype=np.int64))
-    return out
+    cams = image_cams(model, layout, ids, labels, export_settings["scales"], export_settings["flip"], 8,
+                      runtime.device)
+    return {image_id: (maps.astype(np.float16).astype(np.float32), np.asarray(classes, dtype=np.int64))
+            for image_id, maps, classes in cams}
 
 
 def pseudo_label(image, cams, classes, settings, saliency):
     """The label map `l2g refine` makes with the settings of its manifest."""
     from l2g_core.crf import refine_labels
+    from l2g_core.stages.refine import labelling_options
 
-    band = settings.get("ignore_band")
-    return refine_labels(image, cams, classes, threshold=None if band else settings["threshold"],
-                         ignore_band=tuple(band) if band else None, use_crf=settings["crf"],
-                         crf_params=settings.get("crf_params"), saliency=saliency)
+    return refine_labels(image, cams, classes, saliency=saliency, **labelling_options(settings))
 
 
 def load_label_png(path):

@@ -10,7 +10,6 @@ Outputs, beside `--out manifest.json`:
     manifest.json   written last: dataset name, root, classes, counts, ground truth, saliency
 """
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from l2g_core.data.classes import CLASSES_BY_KIND
 from l2g_core.data.layout import IGNORE_INDEX, VOCLayout, labels_from_mask
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import write_json, write_text
+from l2g_core.parallel import available_cores
 
 
 def configure(parser):
@@ -35,7 +35,7 @@ def configure(parser):
                         help="training images with no foreground class: skip them (counted in the "
                              "manifest) or refuse the dataset (default skip)")
     parser.add_argument("--out", required=True, help="manifest.json to write; the rest goes beside it")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="threads decoding images and masks")
+    parser.add_argument("--workers", type=int, default=available_cores(), help="threads decoding images and masks")
 
 
 def parse_splits(items):

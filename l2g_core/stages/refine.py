@@ -33,6 +33,7 @@ from l2g_core.io_utils import read_json, write_label_png
 from l2g_core.parallel import available_cores, parallel_map
 from l2g_core.shards import describe_shard, parse_shard, shard_ids, start_output, write_manifest
 
+
 def configure(parser):
     parser.add_argument("--manifest", required=True, help="dataset manifest.json (from l2g prepare)")
     parser.add_argument("--split", default="train", help="split of the manifest to label (default train)")
@@ -83,6 +84,13 @@ def background_settings(args):
     if not 0.0 <= threshold <= 1.0:
         raise L2GError(f"{origin} {threshold:g} is outside [0, 1] (CAMs are in [0, 1])")
     return threshold, None
+
+
+def labelling_options(settings):
+    """The refine_labels options of the settings a labels folder's manifest records."""
+    band = settings["ignore_band"]
+    return {"threshold": settings["threshold"], "ignore_band": tuple(band) if band else None,
+            "use_crf": settings["crf"], "crf_params": settings["crf_params"]}
 
 
 def label_one(image_id, *, root, cams_dir, out_dir, num_classes, options, use_saliency):

@@ -10,7 +10,6 @@ One pass over the split gives three numbers against the ground truth:
                    almost for free (only where the dataset has saliency maps)
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,10 @@ from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores, sweep_confusions
 from l2g_core.io_utils import write_json
+from l2g_core.parallel import available_cores
 from l2g_core.shards import MANIFEST, read_manifest
 from l2g_core.stages.evaluate import check_all_present, load_png, size_error
+from l2g_core.stages.refine import labelling_options
 
 SALIENCY_THRESHOLDS = [round(float(t), 2) for t in np.arange(0.05, 0.951, 0.05)]
 
@@ -36,7 +37,7 @@ def configure(parser):
     parser.add_argument("--saliency-thresholds", type=float, nargs="+", default=SALIENCY_THRESHOLDS,
                         help="saliency thresholds swept for the saliency baseline")
     parser.add_argument("--out", required=True, help="JSON to write (pseudo_labels/miou.json)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads reading files")
+    parser.add_argument("--workers", type=int, default=available_cores(), help="threads reading files")
 
 
 def run(args):
@@ -51,7 +52,7 @@ def run(args):
     background = settings.get("background", "cam")
     if background == "saliency" and not with_saliency:
         raise L2GError(f"{labels_dir}: labelled with background from saliency, but the dataset has no saliency maps")
-    options = {"threshold": settings["threshold"], "ignore_band": settings["ignore_band"], "use_crf": False}
+    options = {**labelling_options(settings), "use_crf": False}
     check_all_present([labels_dir / f"{i}.png" for i in ids], "pseudo label", args.split)
     check_all_present([cam_path(cams_dir, i) for i in ids], "CAM file", args.split)
 

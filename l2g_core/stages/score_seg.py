@@ -10,7 +10,6 @@ labels) into the same file, so one JSON tells the whole run.
     OUT.csv   class, iou, iou_no_crf, precision, recall; a last row "mean" with the two mIoUs
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores
 from l2g_core.io_utils import read_json, write_json, write_text
+from l2g_core.parallel import available_cores
 from l2g_core.stages.evaluate import check_all_present, csv_text, load_png, size_error
 from l2g_core.shards import MANIFEST, NO_CRF_DIR, read_manifest
 
@@ -33,7 +33,7 @@ def configure(parser):
     parser.add_argument("--stage", action="append", default=[], metavar="NAME=METRICS_JSON",
                         help="an earlier stage's metrics to carry into the result (repeatable)")
     parser.add_argument("--out", required=True, help="JSON to write (results/{dataset}/miou.json); CSV beside it")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads reading files")
+    parser.add_argument("--workers", type=int, default=available_cores(), help="threads reading files")
 
 
 def stage_summary(item):
