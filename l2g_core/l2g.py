@@ -62,6 +62,10 @@ def local_targets(local_cams, labels, saliency=None, *, background="channel", bg
         "saliency" (needs saliency) leaves the background to the saliency map alone: the winner
         is the strongest present class, its target the saliency, the background's 1 - saliency,
         so every pixel's target sums to one (no empty targets, weak point (c)).
+        "complement" trusts the local CAM as well: the winner's target is its normalised score s,
+        times the saliency where given, and the background's 1 minus that, so a salient region the
+        local network does not see as its class (a distractor) gets a weak target; it also works
+        without saliency (target s, background 1 - s).
 
     Steps (one argmax over channels, no loop over images or classes):
     normalise per channel; zero the channels of absent classes; keep, at each pixel, only the
@@ -71,11 +75,13 @@ def local_targets(local_cams, labels, saliency=None, *, background="channel", bg
     """
     num_classes = labels.shape[1]
     scores = normalise_cams(local_cams)
-    if background == "saliency":
-        if saliency is None:
-            raise ValueError("background='saliency' needs saliency maps")
+    if background in ("saliency", "complement"):
         foreground = scores[:, :num_classes] * labels[:, :, None, None]
-        winner = foreground.argmax(dim=1, keepdim=True)
+        best, winner = foreground.max(dim=1, keepdim=True)
+        if background == "complement":
+            saliency = best if saliency is None else best * saliency
+        elif saliency is None:
+            raise ValueError("background='saliency' needs saliency maps")
         one_hot = torch.zeros_like(foreground).scatter_(1, winner, 1.0)
         return torch.cat([one_hot * saliency, 1 - saliency], dim=1)
     present = torch.cat([labels, torch.ones_like(labels[:, :1])], dim=1)  # background always present

@@ -148,3 +148,25 @@ def test_saliency_background_gives_targets_that_sum_to_one():
     assert torch.all(targets[:, 1] == 0)  # the absent class never wins
     assert torch.allclose(targets[0, 0], saliency[0, 0])  # the only present class carries the saliency
     assert torch.allclose(targets[0, 2], 1 - saliency[0, 0])
+
+
+def test_complement_background_takes_what_the_winning_class_leaves():
+    labels = torch.tensor([[1.0, 0.0]])
+    targets = local_targets(_cams(), labels, background="complement")
+    # class 1 normalised: [[1, .25], [0, 0]]; class 2 is absent from the image
+    class_1 = torch.tensor([[1.0, 0.25], [0.0, 0.0]])
+    assert torch.allclose(targets[0, 0], class_1)
+    assert torch.all(targets[:, 1] == 0)
+    assert torch.allclose(targets[0, 2], 1 - class_1)  # the untrained background channel is not used
+    assert torch.allclose(targets.sum(dim=1), torch.ones(1, 2, 2))
+
+
+
+def test_complement_with_saliency_weakens_salient_regions_the_local_cam_does_not_see():
+    saliency = torch.tensor([[[[0.9, 0.8], [0.3, 0.0]]]])
+    targets = local_targets(_cams(), torch.tensor([[1.0, 0.0]]), saliency, background="complement")
+    # class 1 normalised: [[1, .25], [0, 0]]: at (0,1) salient (0.8) but a weak CAM -> 0.2
+    expected = torch.tensor([[0.9, 0.2], [0.0, 0.0]])
+    assert torch.allclose(targets[0, 0], expected)
+    assert torch.allclose(targets[0, 2], 1 - expected)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(1, 2, 2))

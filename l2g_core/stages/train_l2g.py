@@ -31,9 +31,10 @@ def configure(parser):
                        help="gate the targets with the saliency maps (Sal/); off: background from the CAM")
     group.add_argument("--global-cls-weight", type=float, default=0.0,
                        help="weight of the global network's classification loss (0 = official: computed, never added)")
-    group.add_argument("--background", choices=("channel", "threshold", "saliency"), default="channel",
+    group.add_argument("--background", choices=("channel", "threshold", "saliency", "complement"), default="channel",
                        help="background of the targets: the local network's own background channel "
-                            "(official), the constant --bg-score, or the saliency map alone (1 - saliency)")
+                            "(official), the constant --bg-score, the saliency map alone (1 - saliency), "
+                            "or 1 - the winning class's score (times the saliency with --use-saliency)")
     group.add_argument("--bg-score", type=float, default=0.3,
                        help="background score with --background threshold (CAM threshold)")
     group.add_argument("--ignore-empty", action=argparse.BooleanOptionalAction, default=False,
