@@ -7,7 +7,8 @@ indices beside them) to a label map of mask class indices:
     scores_to_probs per-pixel normalisation of the score vector (see below)
     dense_crf       fully connected CRF (Krähenbühl & Koltun 2011) through pydensecrf
     refine_labels   argmax of the CRF marginals, or of the raw scores (use_crf=False), optionally
-                    with an ignore band (IRN-style confident-region labels)
+                    with an ignore band (IRN-style confident-region labels), which the CRF may
+                    instead fill from the confident labels around it (fill_band)
 
 Scores -> probabilities. The score vector of a pixel, s = (t, cam_1, ..., cam_K), is divided by its
 sum: p_l = s_l / sum(s). This is what the PSA/IRN family feed to the CRF in spirit (a constant or
@@ -161,8 +162,32 @@ def evidence_maps(cams, saliency=None):
     return strict, saliency_as_cams(cams, np.maximum(saliency, peak))
 
 
+# Unary probability of a confident label when the CRF fills an ignore band (fill_band).
+SEED_CONFIDENCE = 0.7
+
+
+def fill_band(image, labels, classes, crf_params):
+    """Labels for the 255 pixels of `labels` (H, W) from a CRF seeded with the labelled ones.
+
+    A labelled pixel's unary puts SEED_CONFIDENCE on its label and spreads the rest evenly; a 255
+    pixel's is uniform, so the pairwise terms decide it from the nearby pixels of similar colour
+    (edge-aware propagation of the confident labels); labelled pixels may change too, where the
+    image disagrees with them strongly. `classes` are the classes that may appear (0 is added).
+    """
+    channel_labels = np.concatenate([[0], np.asarray(classes, dtype=np.int64)]).astype(np.uint8)
+    num = len(channel_labels)
+    if num == 1:
+        return np.zeros(labels.shape, dtype=np.uint8)
+    probs = np.full((num,) + labels.shape, 1.0 / num, dtype=np.float32)
+    for channel, label in enumerate(channel_labels):
+        seeded = labels == label
+        probs[:, seeded] = (1.0 - SEED_CONFIDENCE) / (num - 1)
+        probs[channel, seeded] = SEED_CONFIDENCE
+    return channel_labels[dense_crf(image, probs, **crf_params).argmax(axis=0)]
+
+
 def refine_labels(image, cams, classes, *, threshold=None, crf_params=None, use_crf=True, ignore_band=None,
-                  saliency=None):
+                  saliency=None, fill=False):
     """Pseudo label map (H, W) uint8 of mask class indices (255 = ignore) from one image's CAMs.
 
     image        H x W x 3 uint8 (only used by the CRF)
@@ -178,6 +203,8 @@ def refine_labels(image, cams, classes, *, threshold=None, crf_params=None, use_
     saliency     (H, W) in [0, 1], or None: with it the background comes from the saliency map
                  and the CAMs only name the class (`evidence_maps`), as saliency-based WSSS
                  pipelines make their pseudo labels; the thresholds then apply to saliency.
+    fill         with an ignore band and the CRF: make the band labels without the CRF and let the
+                 CRF fill the band from them (`fill_band`), instead of refining both labellings
     """
     params = dict(DEFAULT_CRF_PARAMS, **(crf_params or {}))
     cams = np.asarray(cams, dtype=np.float32)
@@ -185,14 +212,17 @@ def refine_labels(image, cams, classes, *, threshold=None, crf_params=None, use_
     if ignore_band is None:
         if threshold is None:
             raise ValueError("give a threshold or an ignore band")
+        if fill:
+            raise ValueError("fill needs an ignore band")
         return _labelling(image, strict, classes, threshold, params, use_crf)
     if threshold is not None:
         raise ValueError("an ignore band replaces the threshold; give one of them")
     low, high = ignore_band
     if low > high:
         raise ValueError(f"ignore band ({low}, {high}): low must not exceed high")
-    loose_labels = _labelling(image, loose, classes, low, params, use_crf)
-    strict_labels = _labelling(image, strict, classes, high, params, use_crf)
+    refine_both = use_crf and not fill
+    loose_labels = _labelling(image, loose, classes, low, params, refine_both)
+    strict_labels = _labelling(image, strict, classes, high, params, refine_both)
     labels = loose_labels.copy()
     labels[loose_labels != strict_labels] = 255
-    return labels
+    return fill_band(image, labels, classes, params) if use_crf and fill else labels

@@ -9,7 +9,7 @@ from scipy.ndimage import gaussian_filter
 
 from l2g_core.cam_io import cam_path, cams_to_labels, load_cams, save_cams
 from l2g_core.cli import main
-from l2g_core.crf import cam_scores, dense_crf, refine_labels, scores_to_probs
+from l2g_core.crf import DEFAULT_CRF_PARAMS, cam_scores, dense_crf, fill_band, refine_labels, scores_to_probs
 from l2g_core.data.layout import VOCLayout
 
 CLASSES = [1, 2]
@@ -92,6 +92,30 @@ def test_ignore_band_marks_only_disagreements(use_crf):
     np.testing.assert_array_equal(band[~disagree], low[~disagree])
 
 
+def test_the_crf_fills_an_ignore_band_along_the_image_edges():
+    image, truth, _ = synthetic()
+    seeds = truth.copy()
+    seeds[:, 20:34] = 255  # a band across the edge between the background and class 1 is unknown
+    seeds[16:24, 8:16] = 255  # so is a patch inside the class-2 square
+    filled = fill_band(image, seeds, CLASSES, DEFAULT_CRF_PARAMS)
+    assert (filled == 255).sum() == 0
+    unknown = seeds == 255
+    assert (filled[unknown] == truth[unknown]).mean() > 0.97  # the colour edges decide, not distance
+    assert (filled[~unknown] == truth[~unknown]).mean() > 0.99
+
+
+def test_fill_labels_the_band_of_the_no_crf_labelling_only_where_it_was_unsure():
+    image, truth, cams = synthetic(32, 32)
+    band = refine_labels(image, cams, CLASSES, ignore_band=(0.15, 0.6), use_crf=False)
+    filled = refine_labels(image, cams, CLASSES, ignore_band=(0.15, 0.6), fill=True)
+    np.testing.assert_array_equal(filled, fill_band(image, band, CLASSES, DEFAULT_CRF_PARAMS))
+    unsure = band == 255
+    assert unsure.any() and not (filled == 255).any()
+    assert (filled[unsure] == truth[unsure]).mean() > 0.9
+    with pytest.raises(ValueError, match="needs an ignore band"):
+        refine_labels(image, cams, CLASSES, threshold=0.3, fill=True)
+
+
 # --- the stage, end to end --------------------------------------------------------------------
 
 IDS = ["img_a", "img_b", "img_c", "img_d", "img_e"]
@@ -162,6 +186,21 @@ def test_stage_without_crf_and_with_ignore_band(dataset):
         got = np.asarray(Image.open(band / f"{image_id}.png"))
         np.testing.assert_array_equal(got, expected_labels(dataset, image_id, ignore_band=(0.2, 0.6)))
     assert json.loads((band / "manifest.json").read_text())["settings"]["ignore_band"] == [0.2, 0.6]
+
+
+def test_stage_fills_the_band(dataset, capsys):
+    filled = dataset["tmp"] / "filled"
+    assert refine(dataset, filled, "--ignore-band", "0.2", "0.6", "--fill-band", "--workers", "1") == 0
+    for image_id in IDS:
+        got = np.asarray(Image.open(filled / f"{image_id}.png"))
+        np.testing.assert_array_equal(got, expected_labels(dataset, image_id, ignore_band=(0.2, 0.6), fill=True))
+    assert json.loads((filled / "manifest.json").read_text())["settings"]["fill_band"] is True
+    capsys.readouterr()
+    assert refine(dataset, dataset["tmp"] / "x", "--threshold", "0.3", "--fill-band") == 1
+    assert refine(dataset, dataset["tmp"] / "x", "--ignore-band", "0.2", "0.6", "--fill-band", "--no-crf") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("--fill-band needs --ignore-band and the CRF" in line for line in err)
+    assert not (dataset["tmp"] / "x").exists()
 
 
 def test_threshold_from_metrics(dataset):

@@ -47,6 +47,10 @@ def configure(parser):
     background.add_argument("--ignore-band", type=float, nargs=2, metavar=("LOW", "HIGH"),
                             help="label with background scores LOW and HIGH; pixels where the two "
                                  "labellings disagree become 255 (ignore)")
+    parser.add_argument("--fill-band", action=argparse.BooleanOptionalAction, default=False,
+                        help="with --ignore-band and the CRF: label the band without the CRF, then let "
+                             "the CRF fill it from the confident labels around it (no 255 left) instead "
+                             "of refining both labellings and marking where they disagree")
     parser.add_argument("--background", choices=("cam", "saliency"), default="cam",
                         help="cam: background where no CAM exceeds the threshold (official gen_gt.py); "
                              "saliency: background from the saliency map (Sal/), the CAM names the class")
@@ -70,6 +74,8 @@ def read_best_threshold(path):
 
 def background_settings(args):
     """(threshold or None, ignore band or None), checked."""
+    if args.fill_band and (args.ignore_band is None or not args.crf):
+        raise L2GError("--fill-band needs --ignore-band and the CRF (the CRF fills the band)")
     if args.ignore_band is not None:
         low, high = args.ignore_band
         if not 0.0 <= low <= high <= 1.0:
@@ -90,7 +96,7 @@ def labelling_options(settings):
     """The refine_labels options of the settings a labels folder's manifest records."""
     band = settings["ignore_band"]
     return {"threshold": settings["threshold"], "ignore_band": tuple(band) if band else None,
-            "use_crf": settings["crf"], "crf_params": settings["crf_params"]}
+            "use_crf": settings["crf"], "crf_params": settings["crf_params"], "fill": settings.get("fill_band", False)}
 
 
 def label_one(image_id, *, root, cams_dir, out_dir, num_classes, options, use_saliency):
@@ -135,7 +141,8 @@ def run(args):
     crf_params = crf_params_from_args(args)
     own_manifest = start_output(out, shard)
 
-    options = {"threshold": threshold, "ignore_band": band, "use_crf": args.crf, "crf_params": crf_params}
+    options = {"threshold": threshold, "ignore_band": band, "use_crf": args.crf, "crf_params": crf_params,
+               "fill": args.fill_band}
     work = partial(label_one, root=str(layout.root), cams_dir=str(args.cams), out_dir=str(out),
                    num_classes=manifest["num_classes"], options=options, use_saliency=use_saliency)
     workers = min(args.workers, max(1, len(ids)))
@@ -146,7 +153,7 @@ def run(args):
         "dataset": manifest["name"], "split": args.split, "cams": str(Path(args.cams).resolve()),
         "threshold": threshold,
         "threshold_from": None if args.threshold_from is None else str(Path(args.threshold_from).resolve()),
-        "ignore_band": None if band is None else list(band), "background": args.background,
+        "ignore_band": None if band is None else list(band), "fill_band": args.fill_band, "background": args.background,
         "crf": args.crf, "crf_params": crf_params if args.crf else None,
         "probabilities": "per-pixel scores (background threshold, CAMs) divided by their sum"})
     print(f"refine: {len(ids)} label maps in {out} (shard {describe_shard(shard)})")
