@@ -78,21 +78,36 @@ def check_dataset(name, dataset):
     elif root is not None and not Path(root).is_dir():
         raise L2GError(f"datasets.{name}.root: folder {root} does not exist; set it to the folder "
                        f"holding JPEGImages/ and SegmentationClassAug/")
-    l2g = dataset["train_l2g"]
-    if l2g["crop_size"] > l2g["input_size"]:
-        raise L2GError(f"datasets.{name}.train_l2g.crop_size: {l2g['crop_size']} is larger than "
-                       f"input_size {l2g['input_size']}; crops are cut from the input")
+    for key, l2g in l2g_runs(dataset).items():
+        if l2g["crop_size"] > l2g["input_size"]:
+            raise L2GError(f"datasets.{name}.{key}.crop_size: {l2g['crop_size']} is larger than "
+                           f"input_size {l2g['input_size']}; crops are cut from the input")
+        if not l2g.get("use_saliency", True) and l2g.get("background") == "saliency":
+            raise L2GError(f"datasets.{name}.{key}.background: saliency needs use_saliency; "
+                           f"set background to complement, threshold or channel")
     refine = dataset["refine"]
+    if refine.get("fill_band") and not (refine.get("ignore_band") and refine.get("crf", True)):
+        raise L2GError(f"datasets.{name}.refine.fill_band: needs an ignore_band and crf: true (the CRF fills the band)")
     if refine.get("background") == "saliency" and refine.get("threshold") is None and not refine.get("ignore_band"):
         raise L2GError(f"datasets.{name}.refine: background saliency needs a saliency threshold or an "
                        f"ignore_band (the CAM stage's best threshold is a CAM threshold)")
-    for key in ("train_cls", "train_l2g", "train_seg"):
-        if ("epochs" in dataset[key]) == ("iterations" in dataset[key]):
+    budgets = {"train_cls": dataset["train_cls"], **l2g_runs(dataset), "train_seg": dataset["train_seg"]}
+    for key, options in budgets.items():
+        if ("epochs" in options) == ("iterations" in options):
             raise L2GError(f"datasets.{name}.{key}: give the training budget as epochs or iterations, one of them")
     threads = dataset["jobs"]["threads"]
     for rule, value in threads.items():
         if value < 1:
             raise L2GError(f"datasets.{name}.jobs.threads.{rule}: {value} is out of range (must be >= 1)")
+
+
+def l2g_runs(dataset):
+    """{config section: options} of a dataset's L2G runs: train_l2g, and train_l2g_no_saliency
+    (its keys on top of train_l2g's, use_saliency false) where it is set."""
+    runs = {"train_l2g": dict(dataset["train_l2g"])}
+    if dataset.get("train_l2g_no_saliency") is not None:
+        runs["train_l2g_no_saliency"] = {**runs["train_l2g"], **dataset["train_l2g_no_saliency"], "use_saliency": False}
+    return runs
 
 
 def require_root(config, name):

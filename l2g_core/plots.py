@@ -55,7 +55,8 @@ def iou_bars(path, stages, class_names, title="Per-class IoU of each stage"):
     """Grouped bars of per-class IoU (in percent), one group per class, one bar per stage.
 
     stages       [{"label": str, "per_class_iou": {class name: IoU in [0, 1]}, "miou": float,
-                 "note": optional text after the mIoU in the legend (e.g. the split)}, ...] in the
+                 "note": optional text after the mIoU in the legend (e.g. the split),
+                 "colour": optional bar colour (default: the k-th of COLOURS)}, ...] in the
                  order to draw; a class a stage does not score (absent or None) has no bar
     class_names  the groups, in order (background first)
     """
@@ -69,7 +70,7 @@ def iou_bars(path, stages, class_names, title="Per-class IoU of each stage"):
             scored = [stage["per_class_iou"].get(name) for name in class_names]
             values = [np.nan if v is None else 100.0 * v for v in scored]
             ax.bar(x + (k - (len(stages) - 1) / 2) * bar, values, bar * 0.92,
-                   color=COLOURS[k % len(COLOURS)], edgecolor="white", linewidth=0.5,
+                   color=stage.get("colour", COLOURS[k % len(COLOURS)]), edgecolor="white", linewidth=0.5,
                    label=f"{stage['label']}: mIoU {100.0 * stage['miou']:.1f}"
                          + (f" ({stage['note']})" if stage.get("note") else ""))
         ax.set_xticks(x, class_names, rotation=30 if len(class_names) > 12 else 0,

@@ -252,6 +252,16 @@ BAD_SETTINGS = {
                    "datasets.demo.train_l2g.num_crops: 0 is out of range (must be >= 1)"),
     "crop larger than the input": (lambda d: d["train_l2g"].update(crop_size=96),
                                    "datasets.demo.train_l2g.crop_size: 96 is larger than input_size 64"),
+    "saliency background without saliency": (
+        lambda d: d["train_l2g_no_saliency"].update(background="saliency"),
+        "datasets.demo.train_l2g_no_saliency.background: saliency needs use_saliency"),
+    "no-saliency crop larger than the input": (
+        lambda d: d["train_l2g_no_saliency"].update(crop_size=96),
+        "datasets.demo.train_l2g_no_saliency.crop_size: 96 is larger than input_size 64"),
+    "band filling without a band": (lambda d: d["refine"].update(ignore_band=None, threshold=0.3),
+                                    "datasets.demo.refine.fill_band: needs an ignore_band and crf: true"),
+    "unknown target background": (lambda d: d["train_l2g"].update(background="sky"),
+                                  "datasets.demo.train_l2g.background: 'sky' is not one of channel, threshold"),
 }
 
 

@@ -37,9 +37,13 @@ def test_scores_written_labels_no_crf_and_saliency_baseline(prepared):
     assert main(["refine", "--manifest", str(manifest), "--cams", str(root / "cams"), "--out", str(root / "labels"),
                  "--threshold-from", str(root / "cams/miou.json"), "--workers", "1"]) == 0
     out = root / "labels/miou.json"
+    cam_metrics = root / "cam_metrics.json"
+    cam_metrics.write_text(json.dumps({"miou": 0.61, "best_threshold": 0.25, "kind": "cam"}))
     assert main(["score-pseudo-labels", "--manifest", str(manifest), "--labels", str(root / "labels"),
-                 "--cams", str(root / "cams"), "--saliency-thresholds", "0.3", "0.5", "0.7", "--out", str(out)]) == 0
+                 "--cams", str(root / "cams"), "--saliency-thresholds", "0.3", "0.5", "0.7", "--out", str(out),
+                 "--cam-scores", f"l2g={cam_metrics}"]) == 0
     result = json.loads(out.read_text())
+    assert result["cam_scores"] == {"l2g": {"miou": 0.61, "best_threshold": 0.25}}  # carried beside
     assert result["threshold"] == 0.5 and result["num_images"] == len(ids)
     # by hand: the same three numbers with plain loops
     names = label_names(["owl", "fox", "frog", "bee", "fish", "snail"], 7)
@@ -90,3 +94,16 @@ def test_no_crf_score_uses_the_settings_the_labels_were_made_with(prepared):
     ignored = sum(((w == 255) & (layout.load_mask(i) != 255)).sum() for w, i in zip(written, ids))
     labelled = sum((layout.load_mask(i) != 255).sum() for i in ids)
     assert result["ignored_fraction"] == pytest.approx(ignored / labelled) and ignored > 0
+
+
+def test_cam_scores_without_a_miou_are_a_one_line_error(prepared, tmp_path, capsys):
+    root, manifest, _, _ = prepared
+    assert main(["refine", "--manifest", str(manifest), "--cams", str(root / "cams"), "--out", str(tmp_path / "labels"),
+                 "--threshold-from", str(root / "cams/miou.json"), "--workers", "1"]) == 0
+    capsys.readouterr()
+    code = main(["score-pseudo-labels", "--manifest", str(manifest), "--labels", str(tmp_path / "labels"),
+                 "--cams", str(root / "cams"), "--out", str(tmp_path / "miou.json"),
+                 "--cam-scores", f"cams={root / 'cams/miou.json'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "no miou or best_threshold" in err[0]
+    assert not (tmp_path / "miou.json").exists()

@@ -141,7 +141,7 @@ def reported(finished_demo):
 
 
 def test_the_report_rule_writes_the_four_figures(reported):
-    sizes = {"iou_per_class.png": plots.iou_figure_size(7, 6), "samples.png": plots.grid_figure_size(4, 6),
+    sizes = {"iou_per_class.png": plots.iou_figure_size(7, 7), "samples.png": plots.grid_figure_size(4, 6),
              "loss_curves.png": plots.loss_figure_size(5), "run_times.png": None}
     for name, size in sizes.items():
         pixels = png(reported / "results/demo/report" / name)

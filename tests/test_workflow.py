@@ -57,7 +57,7 @@ def finished(finished_demo):
 def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
     results = finished / "results/demo"
     train_ids = (results / "data/train.txt").read_text().split()
-    for kind in ("cls_cams", "control_cams", "cams"):
+    for kind in ("cls_cams", "control_cams", "cams", "no_saliency_cams"):
         metrics = json.loads((results / kind / "miou.json").read_text())
         assert metrics["kind"] == "cam" and metrics["split"] == "train" and 0 <= metrics["miou"] <= 1
         export = json.loads((results / kind / "manifest.json").read_text())
@@ -66,12 +66,20 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
     pseudo = json.loads((results / "pseudo_labels/miou.json").read_text())
     assert set(pseudo) >= {"miou", "miou_no_crf", "saliency_baseline", "ignore_band", "per_class_iou"}
     assert pseudo["background"] == "saliency" and pseudo["ignore_band"] == [0.2, 0.4]
+    # the CAMs of every classifier beside the labels and the saliency baseline
+    assert set(pseudo["cam_scores"]) == {"cls_cams", "control_cams", "cams", "no_saliency_cams"}
+    for kind, summary in pseudo["cam_scores"].items():
+        assert summary["miou"] == json.loads((results / kind / "miou.json").read_text())["miou"]
     assert len(list((results / "pseudo_labels").glob("*.png"))) == pseudo["num_images"] == len(train_ids)
     # the control classifier continues stage 1 for as many epochs as L2G trains
     control = torch.load(results / "control/model.pt", weights_only=True)["settings"]
     l2g = torch.load(results / "l2g/model.pt", weights_only=True)["settings"]
     assert control["init_from"] == str((results / "cls/model.pt").resolve())
     assert control["epochs"] == l2g["epochs"] and control["lr"] == l2g["lr"]
+    # the second L2G run: train_l2g's settings without saliency
+    no_saliency = torch.load(results / "l2g_no_saliency/model.pt", weights_only=True)["settings"]
+    assert l2g["use_saliency"] and not no_saliency["use_saliency"]
+    assert no_saliency == {**l2g, "use_saliency": False}
     # DeepLab on the pseudo labels and on the ground truth, with the same budget
     seg = torch.load(results / "seg/model.pt", weights_only=True)
     supervised = torch.load(results / "supervised/model.pt", weights_only=True)
@@ -80,7 +88,7 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
     assert seg["settings"]["iterations"] == supervised["settings"]["iterations"] == 2
     final = json.loads((results / "miou.json").read_text())
     assert final["split"] == "val" and final["num_images"] == 4 and final["crf"] is True
-    assert set(final["stages"]) == {"cls_cams", "control_cams", "cams", "pseudo_labels"}
+    assert set(final["stages"]) == {"cls_cams", "control_cams", "cams", "no_saliency_cams", "pseudo_labels"}
     assert final["stages"]["cams"]["miou"] == json.loads((results / "cams/miou.json").read_text())["miou"]
     assert json.loads((results / "supervised/miou.json").read_text())["stages"] == {}
     assert (results / "miou.csv").read_text().startswith("class,iou,iou_no_crf")
@@ -95,7 +103,7 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
 
 def test_forcing_one_stage_reruns_it_and_everything_after_it_only(finished):
     jobs = planned_jobs(run_snakemake(finished, "-n", "--cores", "2", "--forcerun", "export_cams", "--", *FINAL))
-    assert jobs["export_cams"] == 6 and jobs["evaluate_cams"] == 3 and jobs["refine"] == 2
+    assert jobs["export_cams"] == 8 and jobs["evaluate_cams"] == 4 and jobs["refine"] == 2
     assert jobs["train_seg"] == 1 and jobs["score_seg"] == 1  # the supervised model needs no CAMs
     assert not {"make_synthetic", "prepare", "train_cls", "train_l2g", "train_control", "score_supervised"} & set(jobs)
 
@@ -112,7 +120,7 @@ def test_a_changed_setting_reruns_that_stage_and_its_descendants_only(finished):
 
 def test_until_stops_after_the_named_stage(tmp_path):
     jobs = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "2", "--until", "train_l2g", "--", *FINAL))
-    assert jobs == {"make_synthetic": 1, "prepare": 1, "train_cls": 1, "train_l2g": 1}
+    assert jobs == {"make_synthetic": 1, "prepare": 1, "train_cls": 1, "train_l2g": 2}  # with and without saliency
 
 
 def test_lint_is_clean(tmp_path):
@@ -132,6 +140,7 @@ def test_a_voc_sized_dataset_plans_per_stage_jobs_not_per_image_jobs(tmp_path):
     jobs = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "8", "--resources", "gpu=2", "--",
                                       "results/voc/miou.json", config=config))
     assert jobs["export_cams"] == 3 * 4 and jobs["refine"] == 4 and jobs["predict_seg"] == 4
+    assert jobs["train_l2g"] == 1  # train_l2g_no_saliency: null, no second L2G run
     assert sum(jobs.values()) < 40
 
 

@@ -2,9 +2,9 @@
 
 Reads a finished results/{dataset} folder (RESULTS) and writes four PNGs into --out:
 
-    iou_per_class.png  per-class IoU of every stage: plain, control and L2G CAMs, pseudo labels
-                       (the train split), DeepLab on the pseudo labels and the supervised DeepLab
-                       (the val split); from the stages' miou.json
+    iou_per_class.png  per-class IoU of every stage: plain, control and L2G CAMs (with and
+                       without saliency), pseudo labels (the train split), DeepLab on the pseudo
+                       labels and the supervised DeepLab (the val split); from the stages' miou.json
     samples.png        a few val images: image, ground truth, L2G CAM, pseudo label, DeepLab and
                        supervised DeepLab predictions. The pipeline makes CAMs and pseudo labels for
                        train images only, so those of the chosen val images are computed here the
@@ -28,15 +28,18 @@ from l2g_core.errors import L2GError
 from l2g_core.io_utils import read_json
 
 FIGURES = ("iou_per_class.png", "samples.png", "loss_curves.png", "run_times.png")
-# (legend label, metrics file under RESULTS), in pipeline order.
+# (legend label, metrics file under RESULTS, bar colour), in pipeline order.
 SCORED_STAGES = (
-    ("plain CAMs, stage 1", "cls_cams/miou.json"),
-    ("control CAMs", "control_cams/miou.json"),
-    ("L2G CAMs", "cams/miou.json"),
-    ("pseudo labels", "pseudo_labels/miou.json"),
-    ("DeepLab on pseudo labels", "miou.json"),
-    ("supervised DeepLab reference", "supervised/miou.json"),
+    ("plain CAMs, stage 1", "cls_cams/miou.json", "#9ecae1"),
+    ("control CAMs", "control_cams/miou.json", "#6baed6"),
+    ("L2G CAMs", "cams/miou.json", "#2171b5"),
+    ("L2G CAMs without saliency", "no_saliency_cams/miou.json", "#08306b"),
+    ("pseudo labels", "pseudo_labels/miou.json", "#41ab5d"),
+    ("DeepLab on pseudo labels", "miou.json", "#f16913"),
+    ("supervised DeepLab reference", "supervised/miou.json", "#737373"),
 )
+# Stages a run makes only where the config asks for them (train_l2g_no_saliency).
+OPTIONAL_STAGES = ("no_saliency_cams/miou.json",)
 # {model folder under RESULTS: panel title} of the training stages.
 TRAINED_MODELS = {
     "cls": "stage 1 classifier (cls)",
@@ -47,9 +50,9 @@ TRAINED_MODELS = {
 }
 # Benchmark names in pipeline order (prefixes); other names follow, alphabetically.
 STAGE_ORDER = ("make_synthetic", "prepare", "train_cls", "train_l2g", "train_control",
-               "export_cls_cams", "export_control_cams", "export_cams",
-               "gather_cls_cams", "gather_control_cams", "gather_cams",
-               "evaluate_cls_cams", "evaluate_control_cams", "evaluate_cams",
+               "export_cls_cams", "export_control_cams", "export_cams", "export_no_saliency_cams",
+               "gather_cls_cams", "gather_control_cams", "gather_cams", "gather_no_saliency_cams",
+               "evaluate_cls_cams", "evaluate_control_cams", "evaluate_cams", "evaluate_no_saliency_cams",
                "refine", "gather_pseudo_labels", "score_pseudo_labels",
                "train_seg", "train_supervised", "predict_seg", "predict_supervised", "gather_",
                "score_seg", "score_supervised")
@@ -76,11 +79,13 @@ def read_result(path):
 def stage_scores(results):
     """[{label, note, per_class_iou, miou}, ...] of SCORED_STAGES; the note names the split scored."""
     stages = []
-    for label, name in SCORED_STAGES:
+    for label, name, colour in SCORED_STAGES:
+        if name in OPTIONAL_STAGES and not (Path(results) / name).is_file():
+            continue
         metrics = read_result(Path(results) / name)
         split = metrics.get("split", "?") + (f", {metrics['num_images']} images" if "num_images" in metrics else "")
         stages.append({"label": label, "note": split, "per_class_iou": metrics["per_class_iou"],
-                       "miou": metrics["miou"]})
+                       "miou": metrics["miou"], "colour": colour})
     return stages
 
 

@@ -8,6 +8,8 @@ One pass over the split gives three numbers against the ground truth:
                    foreground from the thresholded saliency map, its class from the CAM argmax,
                    at the best of --saliency-thresholds: what the saliency input of L2G gives
                    almost for free (only where the dataset has saliency maps)
+and, from `--cam-scores NAME=METRICS_JSON`, the CAM scores of the classifiers beside them
+(`cam_scores`: plain, control, L2G with and without saliency), so one file holds the comparison.
 """
 
 from pathlib import Path
@@ -25,6 +27,7 @@ from l2g_core.parallel import available_cores
 from l2g_core.shards import MANIFEST, read_manifest
 from l2g_core.stages.evaluate import check_all_present, load_png, size_error
 from l2g_core.stages.refine import labelling_options
+from l2g_core.stages.score_seg import stage_summary
 
 SALIENCY_THRESHOLDS = [round(float(t), 2) for t in np.arange(0.05, 0.951, 0.05)]
 
@@ -36,8 +39,18 @@ def configure(parser):
     parser.add_argument("--cams", required=True, help="folder of the CAM files they were made from")
     parser.add_argument("--saliency-thresholds", type=float, nargs="+", default=SALIENCY_THRESHOLDS,
                         help="saliency thresholds swept for the saliency baseline")
+    parser.add_argument("--cam-scores", action="append", default=[], metavar="NAME=METRICS_JSON",
+                        help="CAM metrics (l2g evaluate) to report beside the labels (repeatable)")
     parser.add_argument("--out", required=True, help="JSON to write (pseudo_labels/miou.json)")
     parser.add_argument("--workers", type=int, default=available_cores(), help="threads reading files")
+
+
+def cam_score(item):
+    """'cams=results/demo/cams/miou.json' -> ('cams', {miou, best_threshold})."""
+    name, summary = stage_summary(item, "--cam-scores")
+    if "miou" not in summary or "best_threshold" not in summary:
+        raise L2GError(f"{summary['file']}: no miou or best_threshold; expected CAM metrics of l2g evaluate")
+    return name, {"miou": summary["miou"], "best_threshold": summary["best_threshold"]}
 
 
 def run(args):
@@ -48,6 +61,7 @@ def run(args):
     num_labels = len(names)
     with_saliency = manifest["has_saliency"]
     labels_dir, cams_dir = Path(args.labels), Path(args.cams)
+    cam_scores = dict(cam_score(item) for item in args.cam_scores)
     settings = read_manifest(labels_dir / MANIFEST)["settings"]
     background = settings.get("background", "cam")
     if background == "saliency" and not with_saliency:
@@ -80,7 +94,7 @@ def run(args):
               "ignored_fraction": float(total[0][:, -1].sum() / max(1, total[0].sum())),
               "miou": written["miou"], "per_class_iou": written["per_class_iou"],
               "pixel_accuracy": written["pixel_accuracy"], "miou_no_crf": no_crf["miou"],
-              "per_class_iou_no_crf": no_crf["per_class_iou"], "saliency_baseline": None}
+              "per_class_iou_no_crf": no_crf["per_class_iou"], "saliency_baseline": None, "cam_scores": cam_scores}
     if with_saliency:
         sweep = [scores(matrix, names)["miou"] for matrix in total[2:]]
         best = int(np.argmax(sweep))
@@ -90,4 +104,5 @@ def run(args):
     write_json(args.out, result)
     baseline = result["saliency_baseline"]
     print(f"pseudo labels {args.split}: mIoU {written['miou']:.4f} (no CRF {no_crf['miou']:.4f}"
-          + (f", saliency baseline {baseline['miou']:.4f})" if baseline else ")"))
+          + (f", saliency baseline {baseline['miou']:.4f})" if baseline else ")")
+          + "".join(f"; {name} {summary['miou']:.4f}" for name, summary in cam_scores.items()))

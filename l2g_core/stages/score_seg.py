@@ -36,11 +36,11 @@ def configure(parser):
     parser.add_argument("--workers", type=int, default=available_cores(), help="threads reading files")
 
 
-def stage_summary(item):
+def stage_summary(item, option="--stage"):
     """'cams=results/demo/cams/miou.json' -> ('cams', {miou, best_threshold, ...})."""
     name, sep, path = item.partition("=")
     if not sep or not name or not path:
-        raise L2GError(f"--stage {item!r}: expected NAME=METRICS_JSON")
+        raise L2GError(f"{option} {item!r}: expected NAME=METRICS_JSON")
     metrics = read_json(path, "stage metrics not found")
     summary = {key: metrics[key] for key in STAGE_KEYS if key in metrics}
     if isinstance(metrics.get("saliency_baseline"), dict):

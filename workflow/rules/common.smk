@@ -1,7 +1,7 @@
 # Config validation, wildcard constraints, input functions and job settings shared by every rule.
 import sys
 
-from l2g_core.config import require_root, validate_config
+from l2g_core.config import l2g_runs, require_root, validate_config
 from l2g_core.errors import L2GError
 from l2g_core.workflow_support import cli_flags, job_environment, write_resolved_configs
 
@@ -23,19 +23,20 @@ except L2GError as error:
 DATASETS = config["datasets"]
 SYNTHETIC = [name for name, ds in DATASETS.items() if ds["kind"] == "synthetic"]
 # Per-image output folders made in shards, and the split each covers.
-SHARDED = {"cls_cams": "train", "control_cams": "train", "cams": "train", "pseudo_labels": "train",
-           "seg/pred": "val", "supervised/pred": "val"}
-# CAMs of three classifiers: stage 1 (plain CAMs), the control (stage 1 trained on as long as
-# L2G trains, without the transfer loss), and the L2G global network.
-CAM_MODELS = {"cls_cams": "cls", "control_cams": "control", "cams": "l2g"}
+SHARDED = {"cls_cams": "train", "control_cams": "train", "cams": "train", "no_saliency_cams": "train",
+           "pseudo_labels": "train", "seg/pred": "val", "supervised/pred": "val"}
+# CAMs of the classifiers: stage 1 (plain CAMs), the control (stage 1 trained on as long as L2G
+# trains, without the transfer loss), the L2G global network and, where the config asks for one
+# (train_l2g_no_saliency), a second L2G network trained without the saliency maps.
+CAM_MODELS = {"cls_cams": "cls", "control_cams": "control", "cams": "l2g", "no_saliency_cams": "l2g_no_saliency"}
+# The L2G runs: {model folder: config section of its options}.
+L2G_RUNS = {"l2g": "train_l2g", "l2g_no_saliency": "train_l2g_no_saliency"}
 # The control run trains like stage 2 (same budget, batch, schedule, input), with no transfer loss.
 CONTROL_KEYS = ("input_size", "epochs", "iterations", "batch_size", "lr", "weight_decay", "momentum",
                 "schedule", "step_epochs", "gamma", "poly_power", "accumulate", "seed", "workers", "amp",
                 "log_every")
 # DeepLab on the pseudo labels, and the fully supervised reference on the ground truth.
 SEG_MODELS = ("seg", "supervised")
-# Earlier stages whose numbers the final miou.json carries.
-SUMMARY_STAGES = ("cls_cams", "control_cams", "cams", "pseudo_labels")
 
 
 def one_of(names):
@@ -100,6 +101,36 @@ def shard_manifests(wildcards):
 # --- stage-specific input functions --------------------------------------------------------------
 
 
+def cam_folders(dataset):
+    """The CAM folders a dataset's run makes (no_saliency_cams only where it is configured)."""
+    return [folder for folder in CAM_MODELS
+            if folder != "no_saliency_cams" or DATASETS[dataset].get("train_l2g_no_saliency") is not None]
+
+
+def summary_stages(dataset):
+    """The earlier stages whose numbers the final miou.json carries."""
+    return cam_folders(dataset) + ["pseudo_labels"]
+
+
+def stage_metrics(stages):
+    """Input function: {score_STAGE: the stage's miou.json} of the job's dataset."""
+    return lambda wc: {f"score_{stage}": f"results/{wc.dataset}/{stage}/miou.json" for stage in stages(wc.dataset)}
+
+
+def stage_options(option, stages):
+    """Params function: `--option STAGE=miou.json` for each stage of the job's dataset."""
+    return lambda wc, input: " ".join(f"--{option} {stage}={input[f'score_{stage}']}" for stage in stages(wc.dataset))
+
+
+def l2g_flags(wildcards):
+    """The options of the job's L2G run (l2g_runs: the no-saliency run's on top of train_l2g's)."""
+    runs = l2g_runs(DATASETS[wildcards.dataset])
+    section = L2G_RUNS[wildcards.l2g]
+    if section not in runs:
+        fail(f"datasets.{wildcards.dataset}.{section} is not set: no L2G run without saliency")
+    return cli_flags(runs[section])
+
+
 def control_flags(wildcards):
     l2g = DATASETS[wildcards.dataset]["train_l2g"]
     return cli_flags({key: value for key, value in l2g.items() if key in CONTROL_KEYS})
@@ -134,7 +165,6 @@ def seg_flags(wildcards):
     return cli_flags({k: v for k, v in options.items() if not (k == "init" and v == "stage1")})
 
 
-def score_seg_command(model, stages):
-    stage_options = "".join(f" --stage {s}={{input.{s}}}" for s in stages)
+def score_seg_command(model):
     return (f"l2g score-seg --manifest {{input.manifest}} --split val --pred results/{{wildcards.dataset}}/{model}/pred"
-            f"{stage_options} --out {{output.metrics}} --workers {{threads}} > {{log}} 2>&1")
+            f" {{params.stages}} --out {{output.metrics}} --workers {{threads}} > {{log}} 2>&1")

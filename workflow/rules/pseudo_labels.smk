@@ -1,6 +1,7 @@
 # Pseudo labels: the L2G CAMs labelled (background from a CAM threshold, by default the CAM
 # stage's best one, or from the saliency maps; optionally an ignore band) and refined by a dense
-# CRF, in shards; then scored beside the no-CRF labels and the saliency baseline.
+# CRF, in shards; then scored beside the no-CRF labels, the saliency baseline and the CAMs of every
+# classifier (L2G with and without saliency among them).
 
 
 rule refine:
@@ -30,11 +31,14 @@ rule refine:
 
 rule score_pseudo_labels:
     input:
+        unpack(stage_metrics(cam_folders)),
         manifest="results/{dataset}/data/manifest.json",
         labels="results/{dataset}/pseudo_labels/manifest.json",
         cams="results/{dataset}/cams/manifest.json",
     output:
         metrics="results/{dataset}/pseudo_labels/miou.json",
+    params:
+        cam_scores=stage_options("cam-scores", cam_folders),
     conda:
         CONDA_ENV
     log:
@@ -47,4 +51,4 @@ rule score_pseudo_labels:
     shell:
         "l2g score-pseudo-labels --manifest {input.manifest} --split train"
         " --labels results/{wildcards.dataset}/pseudo_labels --cams results/{wildcards.dataset}/cams"
-        " --out {output.metrics} --workers {threads} > {log} 2>&1"
+        " {params.cam_scores} --out {output.metrics} --workers {threads} > {log} 2>&1"

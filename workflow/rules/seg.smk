@@ -54,12 +54,14 @@ rule predict_seg:
 
 rule score_seg:
     input:
+        unpack(stage_metrics(summary_stages)),
         manifest="results/{dataset}/data/manifest.json",
         pred="results/{dataset}/seg/pred/manifest.json",
-        **{stage: f"results/{{dataset}}/{stage}/miou.json" for stage in SUMMARY_STAGES},
     output:
         metrics="results/{dataset}/miou.json",
         table="results/{dataset}/miou.csv",
+    params:
+        stages=stage_options("stage", summary_stages),
     conda:
         CONDA_ENV
     log:
@@ -70,7 +72,7 @@ rule score_seg:
     resources:
         **job_resources("score_seg"),
     shell:
-        score_seg_command("seg", SUMMARY_STAGES)
+        score_seg_command("seg")
 
 
 rule score_supervised:
@@ -80,6 +82,8 @@ rule score_supervised:
     output:
         metrics="results/{dataset}/supervised/miou.json",
         table="results/{dataset}/supervised/miou.csv",
+    params:
+        stages="",
     conda:
         CONDA_ENV
     log:
@@ -90,4 +94,4 @@ rule score_supervised:
     resources:
         **job_resources("score_seg"),
     shell:
-        score_seg_command("supervised", ())
+        score_seg_command("supervised")

@@ -1,5 +1,6 @@
-# Stages 1 and 2: the CAM classifier, L2G attention transfer, and the control classifier (stage 1
-# trained on, without the transfer loss, as long as L2G trains: an L2G gain is not more training).
+# Stages 1 and 2: the CAM classifier, L2G attention transfer (l2g/, and l2g_no_saliency/ where the
+# config has train_l2g_no_saliency), and the control classifier (stage 1 trained on, without the
+# transfer loss, as long as L2G trains: an L2G gain is not more training).
 # Each job keeps checkpoint.pt and train_log.csv beside its model: a killed job resumes.
 
 
@@ -28,15 +29,17 @@ rule train_l2g:
         manifest="results/{dataset}/data/manifest.json",
         init="results/{dataset}/cls/model.pt",
     output:
-        model="results/{dataset}/l2g/model.pt",
+        model="results/{dataset}/{l2g}/model.pt",
+    wildcard_constraints:
+        l2g=one_of(L2G_RUNS),
     params:
-        options=stage_flags("train_l2g"),
+        options=l2g_flags,
     conda:
         CONDA_ENV
     log:
-        "results/{dataset}/logs/train_l2g.log",
+        "results/{dataset}/logs/train_{l2g}.log",
     benchmark:
-        "results/{dataset}/benchmarks/train_l2g.tsv"
+        "results/{dataset}/benchmarks/train_{l2g}.tsv"
     threads: job_setting("threads", "train_l2g")
     resources:
         **job_resources("train_l2g"),
