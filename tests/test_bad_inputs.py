@@ -258,7 +258,7 @@ BAD_SETTINGS = {
     "no-saliency crop larger than the input": (
         lambda d: d["train_l2g_no_saliency"].update(crop_size=96),
         "datasets.demo.train_l2g_no_saliency.crop_size: 96 is larger than input_size 64"),
-    "band filling without a band": (lambda d: d["refine"].update(ignore_band=None, threshold=0.3),
+    "band filling without a band": (lambda d: d["refine"].update(fill_band=True, ignore_band=None, threshold=0.3),
                                     "datasets.demo.refine.fill_band: needs an ignore_band and crf: true"),
     "unknown target background": (lambda d: d["train_l2g"].update(background="sky"),
                                   "datasets.demo.train_l2g.background: 'sky' is not one of channel, threshold"),
