@@ -78,7 +78,8 @@ def check_dataset(name, dataset):
     elif root is not None and not Path(root).is_dir():
         raise L2GError(f"datasets.{name}.root: folder {root} does not exist; set it to the folder "
                        f"holding JPEGImages/ and SegmentationClassAug/")
-    for key, l2g in l2g_runs(dataset).items():
+    runs = l2g_runs(dataset)
+    for key, l2g in runs.items():
         if l2g["crop_size"] > l2g["input_size"]:
             raise L2GError(f"datasets.{name}.{key}.crop_size: {l2g['crop_size']} is larger than "
                            f"input_size {l2g['input_size']}; crops are cut from the input")
@@ -91,7 +92,7 @@ def check_dataset(name, dataset):
     if refine.get("background") == "saliency" and refine.get("threshold") is None and not refine.get("ignore_band"):
         raise L2GError(f"datasets.{name}.refine: background saliency needs a saliency threshold or an "
                        f"ignore_band (the CAM stage's best threshold is a CAM threshold)")
-    budgets = {"train_cls": dataset["train_cls"], **l2g_runs(dataset), "train_seg": dataset["train_seg"]}
+    budgets = {"train_cls": dataset["train_cls"], **runs, "train_seg": dataset["train_seg"]}
     for key, options in budgets.items():
         if ("epochs" in options) == ("iterations" in options):
             raise L2GError(f"datasets.{name}.{key}: give the training budget as epochs or iterations, one of them")

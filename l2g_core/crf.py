@@ -112,6 +112,11 @@ def dense_crf(image, probs, *, iterations, pos_w, pos_xy_std, bi_w, bi_xy_std, b
     return np.asarray(marginals, dtype=np.float32).reshape(labels, height, width)
 
 
+def channel_labels_of(classes):
+    """The mask index of each score channel: 0 (the background), then `classes`, as uint8."""
+    return np.concatenate([[0], np.asarray(classes, dtype=np.int64)]).astype(np.uint8)
+
+
 def cam_scores(cams, classes, bg_score):
     """Class scores of one image: (scores (K+1, H, W) float32, channel labels (K+1,) uint8).
 
@@ -122,8 +127,7 @@ def cam_scores(cams, classes, bg_score):
     if cams.ndim != 3 or len(cams) != len(classes):
         raise ValueError(f"expected (K, H, W) maps for K classes, got {cams.shape} for {len(classes)} classes")
     background = np.full((1,) + cams.shape[1:], bg_score, dtype=np.float32)
-    channel_labels = np.concatenate([[0], np.asarray(classes, dtype=np.int64)]).astype(np.uint8)
-    return np.concatenate([background, cams]), channel_labels
+    return np.concatenate([background, cams]), channel_labels_of(classes)
 
 
 def scores_to_probs(scores):
@@ -174,7 +178,7 @@ def fill_band(image, labels, classes, crf_params):
     (edge-aware propagation of the confident labels); labelled pixels may change too, where the
     image disagrees with them strongly. `classes` are the classes that may appear (0 is added).
     """
-    channel_labels = np.concatenate([[0], np.asarray(classes, dtype=np.int64)]).astype(np.uint8)
+    channel_labels = channel_labels_of(classes)
     num = len(channel_labels)
     if num == 1:
         return np.zeros(labels.shape, dtype=np.uint8)

@@ -37,17 +37,15 @@ def write_resolved_configs(config, results="results"):
     """results/{dataset}/config.yaml after a successful run: the dataset's settings as this run
     resolved them (config file, --configfile, --config) and the package versions. Changed settings
     rerun their stages, so after a successful run this file describes every output beside it."""
-    import platform
     from importlib.metadata import version
     from pathlib import Path
 
     import yaml
 
-    from l2g_core import __version__
     from l2g_core.io_utils import write_text
+    from l2g_core.versions import software_versions
 
-    versions = {"l2g": __version__, "python": platform.python_version(),
-                **{name: version(name) for name in ("snakemake", "torch", "torchvision", "numpy", "pydensecrf2")}}
+    versions = {**software_versions(), **{name: version(name) for name in ("snakemake", "pydensecrf2")}}
     for name, section in config["datasets"].items():
         folder = Path(results) / name
         if folder.is_dir():

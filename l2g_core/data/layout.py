@@ -9,13 +9,13 @@
 Images in grayscale, CMYK or 16 bits are accepted and converted to 8-bit RGB.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from l2g_core.errors import L2GError
+from l2g_core.io_utils import read_json
 
 IMAGE_DIR = "JPEGImages"
 MASK_DIR = "SegmentationClassAug"
@@ -120,10 +120,7 @@ class VOCLayout:
         path = self.root / LABELS_FILE
         if not path.is_file():
             return None
-        try:
-            labels = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise L2GError(f"{path}: not valid JSON ({error})") from None
+        labels = read_json(path)
         return {key: sorted(int(c) for c in value) for key, value in labels.items()}
 
 

@@ -36,14 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from l2g_core.data.torch_data import MEAN as IMAGENET_MEAN, STD as IMAGENET_STD  # what normalise() applies
 from l2g_core.errors import L2GError
 from l2g_core.models.backbones import HEAD_PREFIXES, Backbone, resolve_init
 from l2g_core.models.checkpoint import extract_state_dict, load_state_dict_checked, read_checkpoint
 
 DEFAULT_RATES = (6, 12, 18, 24)
 DEFAULT_MSC_SCALES = (0.5, 0.75)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 #: Names and metadata values that mark weights trained on VOC val.
 VAL_TRAINED_NAMES = re.compile(r"train2_iter_\d+", re.IGNORECASE)
