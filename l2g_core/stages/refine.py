@@ -141,19 +141,19 @@ def run(args):
     crf_params = crf_params_from_args(args)
     own_manifest = start_output(out, shard)
 
-    options = {"threshold": threshold, "ignore_band": band, "use_crf": args.crf, "crf_params": crf_params,
-               "fill": args.fill_band}
-    work = partial(label_one, root=str(layout.root), cams_dir=str(args.cams), out_dir=str(out),
-                   num_classes=manifest["num_classes"], options=options, use_saliency=use_saliency)
-    workers = min(args.workers, max(1, len(ids)))
-    bar = partial(tqdm, total=len(ids), desc="refine", unit="img", mininterval=1.0)
-    sizes = dict(bar(parallel_map(work, ids, workers, ordered=False)))
-
-    write_manifest(own_manifest, stage="refine", shard=shard, ids=ids, files=sizes, settings={
+    settings = {
         "dataset": manifest["name"], "split": args.split, "cams": str(Path(args.cams).resolve()),
         "threshold": threshold,
         "threshold_from": None if args.threshold_from is None else str(Path(args.threshold_from).resolve()),
         "ignore_band": None if band is None else list(band), "fill_band": args.fill_band, "background": args.background,
         "crf": args.crf, "crf_params": crf_params if args.crf else None,
-        "probabilities": "per-pixel scores (background threshold, CAMs) divided by their sum"})
+        "probabilities": "per-pixel scores (background threshold, CAMs) divided by their sum"}
+    # The labels are made from the recorded settings, as score-pseudo-labels and the report remake them.
+    work = partial(label_one, root=str(layout.root), cams_dir=str(args.cams), out_dir=str(out),
+                   num_classes=manifest["num_classes"], options=labelling_options(settings), use_saliency=use_saliency)
+    workers = min(args.workers, max(1, len(ids)))
+    bar = partial(tqdm, total=len(ids), desc="refine", unit="img", mininterval=1.0)
+    sizes = dict(bar(parallel_map(work, ids, workers, ordered=False)))
+
+    write_manifest(own_manifest, stage="refine", shard=shard, ids=ids, files=sizes, settings=settings)
     print(f"refine: {len(ids)} label maps in {out} (shard {describe_shard(shard)})")
