@@ -22,9 +22,6 @@ except L2GError as error:
 
 DATASETS = config["datasets"]
 SYNTHETIC = [name for name, ds in DATASETS.items() if ds["kind"] == "synthetic"]
-# Per-image output folders made in shards, and the split each covers.
-SHARDED = {"cls_cams": "train", "control_cams": "train", "cams": "train", "no_saliency_cams": "train",
-           "pseudo_labels": "train", "seg/pred": "val", "supervised/pred": "val"}
 # CAMs of the classifiers: stage 1 (plain CAMs), the control (stage 1 trained on as long as L2G
 # trains, without the transfer loss), the L2G global network and, where the config asks for one
 # (train_l2g_no_saliency), a second L2G network trained without the saliency maps.
@@ -37,6 +34,8 @@ CONTROL_KEYS = ("input_size", "epochs", "iterations", "batch_size", "lr", "weigh
                 "log_every")
 # DeepLab on the pseudo labels, and the fully supervised reference on the ground truth.
 SEG_MODELS = ("seg", "supervised")
+# Per-image output folders made in shards, and the split each covers.
+SHARDED = {**dict.fromkeys(CAM_MODELS, "train"), "pseudo_labels": "train", **{f"{m}/pred": "val" for m in SEG_MODELS}}
 
 
 def one_of(names):
@@ -102,9 +101,9 @@ def shard_manifests(wildcards):
 
 
 def cam_folders(dataset):
-    """The CAM folders a dataset's run makes (no_saliency_cams only where it is configured)."""
-    return [folder for folder in CAM_MODELS
-            if folder != "no_saliency_cams" or DATASETS[dataset].get("train_l2g_no_saliency") is not None]
+    """The CAM folders a dataset's run makes: an L2G run's only where the config has that run."""
+    runs = l2g_runs(DATASETS[dataset])
+    return [folder for folder, model in CAM_MODELS.items() if model not in L2G_RUNS or L2G_RUNS[model] in runs]
 
 
 def summary_stages(dataset):
