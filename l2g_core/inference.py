@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from l2g_core.data.torch_data import normalise
+
 
 @torch.no_grad()
 def multiscale_sum(forward, images, scales, flip, post=None):
@@ -31,12 +33,14 @@ def multiscale_sum(forward, images, scales, flip, post=None):
     return total
 
 
-def batches_of_equal_size(layout, ids, batch_size):
-    """Group ids by image size (read from the file headers), then cut groups into batches."""
+def image_batches(layout, ids, batch_size, device):
+    """(batch ids, normalised images (B, 3, H, W) on `device`): ids grouped by image size (read
+    from the file headers), each group cut into batches."""
     by_size = {}
     for image_id in ids:
         with Image.open(layout.image_path(image_id)) as image:
             by_size.setdefault(image.size, []).append(image_id)
     for group in by_size.values():
         for start in range(0, len(group), batch_size):
-            yield group[start:start + batch_size]
+            batch_ids = group[start:start + batch_size]
+            yield batch_ids, torch.stack([normalise(layout.load_image(i)) for i in batch_ids]).to(device)

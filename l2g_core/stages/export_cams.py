@@ -9,16 +9,14 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from l2g_core.cam_io import cam_path, save_cams
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
-from l2g_core.data.torch_data import normalise
 from l2g_core.errors import L2GError
-from l2g_core.inference import batches_of_equal_size, multiscale_sum
+from l2g_core.inference import image_batches, multiscale_sum
 from l2g_core.model_io import load_classifier
 from l2g_core.runtime import setup_runtime
 from l2g_core.shards import describe_shard, parse_shard, shard_ids, start_output, write_manifest
@@ -50,8 +48,7 @@ def present_cams(summed, classes):
 
 def image_cams(model, layout, ids, labels, scales, flip, batch_size, device):
     """(id, CAMs of the present classes (K, H, W), classes) of every image, batched by size."""
-    for batch_ids in batches_of_equal_size(layout, ids, batch_size):
-        images = torch.stack([normalise(layout.load_image(i)) for i in batch_ids]).to(device)
+    for batch_ids, images in image_batches(layout, ids, batch_size, device):
         summed = multiscale_cams(model, images, scales, flip).cpu().numpy()
         for image_id, maps in zip(batch_ids, summed):
             yield image_id, present_cams(maps, labels[image_id]), labels[image_id]

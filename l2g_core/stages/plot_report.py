@@ -176,11 +176,10 @@ def load_label_png(path):
     return load_png(path)
 
 
-def grid_rows(results, manifest, ids, device):
-    """[(row title, [6 panels]), ...] for the val images `ids`."""
+def grid_rows(results, manifest, labels, ids, device):
+    """[(row title, [6 panels]), ...] for the val images `ids` (labels: the dataset's labels.json)."""
     results = Path(results)
     layout = VOCLayout(manifest["root"])
-    labels = json.loads(Path(manifest["labels"]).read_text())
     export = read_result(results / "cams" / "manifest.json")["settings"]
     refine = read_result(results / "pseudo_labels" / "manifest.json")["settings"]
     cams = report_cams(results / "l2g" / "model.pt", layout, ids, labels, manifest["class_names"], export, device)
@@ -213,15 +212,15 @@ def run(args):
     logs = train_logs(results)
     times = stage_times(results / "benchmarks")
     val = split_ids(manifest, "val")
+    labels = json.loads(Path(manifest["labels"]).read_text())
     if args.ids:
         unknown = [i for i in args.ids if i not in val]
         if unknown:
             raise L2GError(f"--ids: {', '.join(unknown)} not in the val split")
         ids = list(args.ids)
     else:
-        labels = json.loads(Path(manifest["labels"]).read_text())
         ids = choose_ids(val, labels, args.images)
-    rows = grid_rows(results, manifest, ids, args.device)
+    rows = grid_rows(results, manifest, labels, ids, args.device)
 
     name = manifest["name"]
     plots.iou_bars(out / "iou_per_class.png", scores, class_names, title=f"Per-class IoU of each stage ({name})")

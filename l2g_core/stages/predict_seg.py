@@ -15,15 +15,13 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from l2g_core.crf import DEEPLAB_CRF_PARAMS, add_crf_arguments, crf_params_from_args, dense_crf
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
-from l2g_core.data.torch_data import normalise
 from l2g_core.errors import L2GError
-from l2g_core.inference import batches_of_equal_size, multiscale_sum
+from l2g_core.inference import image_batches, multiscale_sum
 from l2g_core.io_utils import write_label_png
 from l2g_core.model_io import load_segmenter
 from l2g_core.parallel import available_cores, bounded_map
@@ -70,8 +68,7 @@ def _write(path, labels, out):
 def probabilities(model, layout, ids, args, device):
     """(id, probabilities (L, H, W) float32) of every image, scales and flips averaged."""
     views = len(args.scales) * (2 if args.flip else 1)
-    for batch_ids in batches_of_equal_size(layout, ids, args.batch_size):
-        images = torch.stack([normalise(layout.load_image(i)) for i in batch_ids]).to(device)
+    for batch_ids, images in image_batches(layout, ids, args.batch_size, device):
         summed = multiscale_sum(model, images, args.scales, args.flip, post=lambda logits: logits.softmax(dim=1))
         yield from zip(batch_ids, (summed / views).cpu().numpy())
 

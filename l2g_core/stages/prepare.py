@@ -97,8 +97,9 @@ def check_one(layout, image_id, num_classes, with_saliency):
 def labels_for_split(layout, ids, num_classes, stored, workers, with_saliency=False):
     """Check every image of a split (decoded, with its mask and saliency map) in `workers` threads;
     image-level labels from ROOT/cls_labels.json where it has the id, else from the mask."""
+    stored = stored or {}
     for image_id in ids:
-        if (stored is None or image_id not in stored) and not layout.mask_path(image_id).is_file():
+        if image_id not in stored and not layout.mask_path(image_id).is_file():
             raise L2GError(f"{layout.mask_path(image_id)}: no mask and no entry in cls_labels.json, "
                            f"so image {image_id} has no image-level labels")
     labels = {}
@@ -106,7 +107,7 @@ def labels_for_split(layout, ids, num_classes, stored, workers, with_saliency=Fa
         checked = pool.map(lambda image_id: check_one(layout, image_id, num_classes, with_saliency), ids)
         for image_id, present in tqdm(zip(ids, checked), total=len(ids), desc="checking images", unit="img",
                                       mininterval=1.0):
-            labels[image_id] = stored[image_id] if stored is not None and image_id in stored else present
+            labels[image_id] = stored.get(image_id, present)
     for image_id, present in labels.items():
         if any(not 1 <= c <= num_classes for c in present):
             raise L2GError(f"cls_labels.json: image {image_id} has a class outside 1..{num_classes}")

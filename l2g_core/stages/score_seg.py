@@ -74,7 +74,7 @@ def run(args):
 
     total = accumulate(score, ids, workers=args.workers, desc=f"score {args.split}")
     final = scores(total[0], names)
-    raw = scores(total[-1], names)
+    raw = scores(total[1], names) if with_crf else final
     if final["num_pixels"] == 0:
         raise L2GError(f"split {args.split}: the ground truth has no labelled pixels")
     result = {"miou": final["miou"], "miou_no_crf": raw["miou"], "per_class_iou": final["per_class_iou"],
