@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from l2g_core.data.manifest import load_manifest, split_ids
+from l2g_core.parallel import available_cores
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -118,19 +121,10 @@ def synthetic_dataset(ctx, num_train, size, *, num_val=1, seed=0):
     return ctx.cache[key]
 
 
-def load_manifest(path):
-    return json.loads(Path(path).read_text())
-
-
-def train_ids(manifest_path):
-    manifest = load_manifest(manifest_path)
-    return Path(manifest["splits"]["train"]["list"]).read_text().split()
-
-
 def subset_manifest(manifest_path, count, out_dir):
     """A copy of a manifest whose train split is the first `count` ids (the data stays shared)."""
     manifest = load_manifest(manifest_path)
-    ids = train_ids(manifest_path)[:count]
+    ids = split_ids(manifest, "train")[:count]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train.txt").write_text("\n".join(ids) + "\n")
@@ -180,7 +174,7 @@ def write_gt_cams(manifest_path, npz_dir, png_dir=None, *, thresholds, seed=0):
     manifest = load_manifest(manifest_path)
     labels = json.loads(Path(manifest["labels"]).read_text())
     layout = VOCLayout(manifest["root"])
-    for index, image_id in enumerate(train_ids(manifest_path)):
+    for index, image_id in enumerate(split_ids(manifest, "train")):
         rng = np.random.default_rng([seed, index])
         classes = sorted(labels[image_id])
         levels = gt_cam_levels(layout.load_mask(image_id), classes, rng, thresholds)
@@ -236,12 +230,8 @@ def machine_info():
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    try:
-        cores_usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores_usable = os.cpu_count()
     return {
-        "cores": os.cpu_count(), "cores_usable": cores_usable, "cpu": cpu_model(), "memory_gib": memory_gib(),
+        "cores": os.cpu_count(), "cores_usable": available_cores(), "cpu": cpu_model(), "memory_gib": memory_gib(),
         "gpu": gpu, "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
         "torch": torch.__version__, "numpy": numpy.__version__, "platform": platform.platform(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

@@ -18,8 +18,8 @@ Inputs: synthetic images (128 px) with test CAMs made from the ground truth plus
 
 import numpy as np
 
-from bench.common import (interleaved, l2g, load_manifest, ratio, subset_manifest, synthetic_dataset, train_ids,
-                          write_gt_cams)
+from bench.common import interleaved, l2g, ratio, subset_manifest, synthetic_dataset, write_gt_cams
+from l2g_core.data.manifest import load_manifest, split_ids
 
 THRESHOLD = 0.3
 TARGET_SCALING = 1.8
@@ -62,7 +62,8 @@ def run(ctx):
 
     pool, count, size = (12, 6, 48) if ctx.quick else (300, 96, 128)
     manifest_path = subset_manifest(synthetic_dataset(ctx, pool, size), count, ctx.folder("crf", "prep"))
-    ids = train_ids(manifest_path)
+    manifest = load_manifest(manifest_path)
+    ids = split_ids(manifest, "train")
     cams_dir = ctx.folder("crf", "cams")
     write_gt_cams(manifest_path, cams_dir, thresholds=DEFAULT_THRESHOLDS)
     outs = {w: ctx.folder("crf", f"labels_w{w}") for w in (1, 2)}
@@ -71,7 +72,7 @@ def run(ctx):
         l2g(["refine", "--manifest", manifest_path, "--split", "train", "--cams", cams_dir, "--out", outs[workers],
              "--threshold", THRESHOLD, "--workers", workers])
 
-    layout = VOCLayout(load_manifest(manifest_path)["root"])
+    layout = VOCLayout(manifest["root"])
     arrays, bare_inputs = [], []
     params = {k: (int(v) if k == "iterations" else float(v)) for k, v in DEFAULT_CRF_PARAMS.items()}
     for image_id in ids:

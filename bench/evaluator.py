@@ -10,8 +10,9 @@ agrees to 1e-9. Target: the pipeline on 1 worker at least 5x faster than the ref
 import json
 from pathlib import Path
 
-from bench.common import interleaved, l2g, load_manifest, ratio, synthetic_dataset, train_ids, write_gt_cams
+from bench.common import interleaved, l2g, ratio, synthetic_dataset, write_gt_cams
 from bench.reference import reference_evaluate, write_label_list
+from l2g_core.data.manifest import load_manifest, split_ids
 
 TARGET_SPEEDUP = 5.0
 TOLERANCE = 1e-9
@@ -24,7 +25,7 @@ def run(ctx):
     thresholds = list(DEFAULT_THRESHOLDS)
     manifest_path = synthetic_dataset(ctx, num_images, size)
     manifest = load_manifest(manifest_path)
-    ids = train_ids(manifest_path)
+    ids = split_ids(manifest, "train")
     labels = json.loads(Path(manifest["labels"]).read_text())
     base = ctx.folder("evaluator")
     npz_dir, png_dir = ctx.folder("evaluator", "cams_npz"), ctx.folder("evaluator", "cams_png")

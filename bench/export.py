@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.common import (interleaved, l2g, load_manifest, model_file, ratio, subset_manifest,
-                          synthetic_dataset, train_ids)
+from bench.common import interleaved, l2g, model_file, ratio, subset_manifest, synthetic_dataset
 from bench.reference import reference_export
+from l2g_core.data.manifest import load_manifest, split_ids
 
 TARGET_SPEEDUP = 2.0
 TOLERANCE = 1e-3
@@ -45,7 +45,7 @@ def run(ctx):
     pool, count, size = (12, 4, 48) if ctx.quick else (300, 48, 128)
     manifest_path = subset_manifest(synthetic_dataset(ctx, pool, size), count, ctx.folder("export", "prep"))
     manifest = load_manifest(manifest_path)
-    ids = train_ids(manifest_path)
+    ids = split_ids(manifest, "train")
     labels = json.loads(Path(manifest["labels"]).read_text())
     model = model_file(ctx)
     out_pipe, out_ref = ctx.folder("export", "pipeline"), ctx.folder("export", "reference")

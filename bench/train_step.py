@@ -7,7 +7,7 @@ with saliency and the same crop boxes, and run forward, targets, loss, backward 
 (the pipeline's optimizer: official parameter groups, nesterov). Demo size: batch 8, input 128,
 4 crops of 64. The formulation is the official one (saliency-gated targets with the local
 network's background channel, kd_weight 10, global classification loss computed but not added);
-the pipeline side mirrors the `step` of `l2g_core.stages.train_l2g.run` with those options.
+the pipeline side runs `l2g_core.stages.train_l2g.l2g_losses`, the step's own loss, with those options.
 
 Check: the same loss to 1e-5 (and the same targets). Target: the pipeline at least 1.3x the
 images per second on the CPU. The target construction alone (crops, rois, targets) is also timed
@@ -19,35 +19,25 @@ import contextlib
 import copy
 from types import SimpleNamespace
 
-from bench.common import interleaved, load_manifest, ratio, synthetic_dataset
+from bench.common import interleaved, ratio, synthetic_dataset
 from bench.reference import reference_crops, reference_rois, reference_step, reference_targets
+from l2g_core.data.manifest import load_manifest
 
 TARGET_SPEEDUP = 1.3
 TOLERANCE = 1e-5
 KD_WEIGHT = 10.0
 
 
-def pipeline_losses(net_g, net_l, batch, boxes, num_crops, kd_weight=KD_WEIGHT):
-    """The loss terms of the pipeline's step (train_l2g.run's `step`, official options)."""
-    import torch.nn.functional as F
+# The official formulation, as train-l2g options.
+OFFICIAL = {"use_saliency": True, "background": "channel", "bg_score": 0.3, "kd_weight": KD_WEIGHT,
+            "ignore_empty": False, "global_cls_weight": 0.0}
 
-    from l2g_core.l2g import align_global, crop_batch, local_targets, transfer_loss
-    from l2g_core.models import classification_loss
 
-    images, labels = batch["image"], batch["label"]
-    boxes = boxes.to(images.device)
-    out_g = net_g(images)
-    out_l = net_l(crop_batch(images, boxes))
-    size = out_l["cams"].shape[-2:]
-    crop_labels = labels.repeat_interleave(num_crops, dim=0)
-    saliency = F.interpolate(crop_batch(batch["saliency"], boxes), size=size, mode="area")
-    targets = local_targets(out_l["cams"].detach().float(), crop_labels, saliency, background="channel", bg_score=0.3)
-    probs = align_global(out_g["cams"].float(), boxes, size, net_g.stride)
-    kd = kd_weight * transfer_loss(probs, targets, ignore_empty=False)
-    cls_local = classification_loss(out_l["logits"].float(), crop_labels)
-    cls_global = classification_loss(out_g["logits"].float(), labels)
-    loss = kd + cls_local + 0.0 * cls_global
-    return {"loss": loss, "kd": kd, "cls_local": cls_local, "cls_global": cls_global}
+def pipeline_losses(net_g, net_l, batch, boxes, num_crops):
+    """The loss terms of the pipeline's step (train_l2g.l2g_losses, official options)."""
+    from l2g_core.stages.train_l2g import l2g_losses
+
+    return l2g_losses(net_g, net_l, batch, boxes, SimpleNamespace(num_crops=num_crops, **OFFICIAL), net_g.stride)
 
 
 def pipeline_step(net_g, net_l, optimizer, batch, boxes, num_crops, autocast=None):

@@ -53,6 +53,28 @@ def check_args(args):
         raise L2GError("--kd-weight and --global-cls-weight must be >= 0")
 
 
+def l2g_losses(net_g, net_l, batch, boxes, options, stride):
+    """The loss terms of one L2G step on `batch` with crop `boxes`; `options` holds num_crops,
+    use_saliency, background, bg_score, kd_weight, ignore_empty and global_cls_weight."""
+    images, labels = batch["image"], batch["label"]
+    boxes = boxes.to(images.device)
+    out_g = net_g(images)
+    out_l = net_l(crop_batch(images, boxes))
+    size = out_l["cams"].shape[-2:]
+    crop_labels = labels.repeat_interleave(options.num_crops, dim=0)
+    saliency = None
+    if options.use_saliency:
+        saliency = F.interpolate(crop_batch(batch["saliency"], boxes), size=size, mode="area")
+    targets = local_targets(out_l["cams"].detach().float(), crop_labels, saliency,
+                            background=options.background, bg_score=options.bg_score)
+    probs = align_global(out_g["cams"].float(), boxes, size, stride)
+    kd = options.kd_weight * transfer_loss(probs, targets, ignore_empty=options.ignore_empty)
+    cls_local = classification_loss(out_l["logits"].float(), crop_labels)
+    cls_global = classification_loss(out_g["logits"].float(), labels)
+    loss = kd + cls_local + options.global_cls_weight * cls_global
+    return {"loss": loss, "kd": kd, "cls_local": cls_local, "cls_global": cls_global}
+
+
 def run(args):
     check_args(args)
     manifest, settings, runtime = start_training(args, "train-l2g")
@@ -69,24 +91,8 @@ def run(args):
     net_g, net_l = trainer.wrapped["global"], trainer.wrapped["local"]
 
     def step(batch, generator):
-        images, labels = batch["image"], batch["label"]
-        boxes = sample_boxes(len(images), args.num_crops, args.crop_size, args.input_size, generator)
-        boxes = boxes.to(images.device)
-        out_g = net_g(images)
-        out_l = net_l(crop_batch(images, boxes))
-        size = out_l["cams"].shape[-2:]
-        crop_labels = labels.repeat_interleave(args.num_crops, dim=0)
-        saliency = None
-        if args.use_saliency:
-            saliency = F.interpolate(crop_batch(batch["saliency"], boxes), size=size, mode="area")
-        targets = local_targets(out_l["cams"].detach().float(), crop_labels, saliency,
-                                background=args.background, bg_score=args.bg_score)
-        probs = align_global(out_g["cams"].float(), boxes, size, global_net.stride)
-        kd = args.kd_weight * transfer_loss(probs, targets, ignore_empty=args.ignore_empty)
-        cls_local = classification_loss(out_l["logits"].float(), crop_labels)
-        cls_global = classification_loss(out_g["logits"].float(), labels)
-        loss = kd + cls_local + args.global_cls_weight * cls_global
-        return {"loss": loss, "kd": kd, "cls_local": cls_local, "cls_global": cls_global}
+        boxes = sample_boxes(len(batch["image"]), args.num_crops, args.crop_size, args.input_size, generator)
+        return l2g_losses(net_g, net_l, batch, boxes, args, global_net.stride)
 
     trainer.fit(step)
     if runtime.is_main:
