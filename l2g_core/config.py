@@ -96,10 +96,6 @@ def check_dataset(name, dataset):
     for key, options in budgets.items():
         if ("epochs" in options) == ("iterations" in options):
             raise L2GError(f"datasets.{name}.{key}: give the training budget as epochs or iterations, one of them")
-    threads = dataset["jobs"]["threads"]
-    for rule, value in threads.items():
-        if value < 1:
-            raise L2GError(f"datasets.{name}.jobs.threads.{rule}: {value} is out of range (must be >= 1)")
 
 
 def l2g_runs(dataset):
