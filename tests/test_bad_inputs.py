@@ -258,6 +258,8 @@ BAD_SETTINGS = {
     "no-saliency crop larger than the input": (
         lambda d: d["train_l2g_no_saliency"].update(crop_size=96),
         "datasets.demo.train_l2g_no_saliency.crop_size: 96 is larger than input_size 64"),
+    "zero threads for a rule": (lambda d: d["jobs"]["threads"].update(refine=0),
+                                "datasets.demo.jobs.threads.refine: 0 is out of range (must be >= 1)"),
     "band filling without a band": (lambda d: d["refine"].update(fill_band=True, ignore_band=None, threshold=0.3),
                                     "datasets.demo.refine.fill_band: needs an ignore_band and crf: true"),
     "unknown target background": (lambda d: d["train_l2g"].update(background="sky"),
