@@ -12,6 +12,17 @@ from PIL import Image
 from l2g_core.errors import L2GError
 
 
+# The temporary beside a file that atomic_path is writing.
+TEMPORARY_NAME = ".{name}.{token}.tmp"
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporaries that killed atomic_path writers of `path` left behind."""
+    path = Path(path)
+    for stale in path.parent.glob(TEMPORARY_NAME.format(name=path.name, token="*")):
+        stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path in the same folder; rename it to `path` only on success.
@@ -22,7 +33,7 @@ def atomic_path(path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(TEMPORARY_NAME.format(name=path.name, token=secrets.token_hex(4)))
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield Path(tmp)

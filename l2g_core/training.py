@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from l2g_core.data.manifest import load_manifest
 from l2g_core.errors import L2GError
-from l2g_core.io_utils import atomic_path, write_text
+from l2g_core.io_utils import atomic_path, remove_stale_temporaries, write_text
 from l2g_core.runtime import restore_rng_states, rng_states, seed_everything, setup_runtime
 
 LR_MULTIPLIERS = (1.0, 2.0, 10.0, 20.0)
@@ -186,8 +186,7 @@ class Trainer:
     def resume(self):
         """Continue from checkpoint.pt when it was made with the same settings; say what happened."""
         if self.runtime.is_main:  # a run killed while writing a checkpoint leaves a hidden temporary
-            for stale in self.out_dir.glob(f".{self.checkpoint_path.name}.*.tmp"):
-                stale.unlink(missing_ok=True)
+            remove_stale_temporaries(self.checkpoint_path)
         if not self.checkpoint_path.is_file():
             return "starting from epoch 0"
         try:
