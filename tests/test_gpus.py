@@ -152,6 +152,11 @@ def test_concurrent_jobs_get_distinct_devices_and_a_third_waits(tmp_path, jobs):
     release("c", c)
 
 
+def show_claimed(tmp_path, env, *options):
+    """`l2g with-gpus OPTIONS` around a child that prints the devices it was given."""
+    return with_gpus(tmp_path, *options, "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES", env=env)
+
+
 def test_killed_job_and_child_free_their_device(tmp_path, jobs):
     start, claimed, _ = jobs
     env = gpu_env(tmp_path, fake=1)
@@ -159,8 +164,7 @@ def test_killed_job_and_child_free_their_device(tmp_path, jobs):
     assert claimed("a")[0] == ["0"]
     os.killpg(a.pid, signal.SIGKILL)  # wrapper and child
     a.wait()
-    result = with_gpus(tmp_path, "--count", "1", "--wait-timeout", "5", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES",
-                       env=env)
+    result = show_claimed(tmp_path, env, "--count", "1", "--wait-timeout", "5")
     assert (result.returncode, result.stdout) == (0, "0\n")
 
 
@@ -176,8 +180,7 @@ def test_claim_lasts_while_the_child_outlives_a_killed_wrapper(tmp_path, jobs):
     assert held.returncode == 1  # ... and still holds the device
     assert held.stderr.splitlines()[-1].startswith("l2g with-gpus: error: no 1 free GPU(s) of 0 after waiting 1 s")
     os.kill(child_pid, signal.SIGKILL)
-    result = with_gpus(tmp_path, "--count", "1", "--wait-timeout", "5", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES",
-                       env=env)
+    result = show_claimed(tmp_path, env, "--count", "1", "--wait-timeout", "5")
     assert (result.returncode, result.stdout) == (0, "0\n")
 
 
@@ -186,7 +189,7 @@ def test_two_gpu_job_gets_two_distinct_free_devices(tmp_path, jobs):
     env = gpu_env(tmp_path, fake=3)
     a = start("a", env=env)
     assert claimed("a")[0] == ["0"]
-    result = with_gpus(tmp_path, "--count", "2", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES", env=env)
+    result = show_claimed(tmp_path, env, "--count", "2")
     assert (result.returncode, result.stdout) == (0, "1,2\n")
     assert "claimed GPU(s) 1,2 of 0,1,2" in result.stderr
     release("a", a)
