@@ -14,12 +14,24 @@ from torchvision.ops import roi_align
 EPS = 1e-8
 
 
-def sample_boxes(num_images, num_crops, crop_size, image_size, generator=None):
-    """Random square crop boxes (x1, y1, x2, y2) in pixels, shape (num_images, num_crops, 4)."""
+def sample_boxes(num_images, num_crops, crop_size, image_size, generator=None, *, corners=False):
+    """Square crop boxes (x1, y1, x2, y2) in pixels, shape (num_images, num_crops, 4).
+
+    corners=False: every box at a random position. corners=True (the official VOC loader,
+    VOCDataset_l2g_sal_crop): the first four boxes sit in the four corners of the image, so the
+    crops cover all of it at every step whenever crop_size >= image_size / 2, and the rest are
+    random; it needs num_crops >= 4.
+    """
     if crop_size > image_size:
         raise ValueError(f"crop size {crop_size} is larger than the input size {image_size}")
-    corners = torch.randint(0, image_size - crop_size + 1, (num_images, num_crops, 2), generator=generator)
-    return torch.cat([corners, corners + crop_size], dim=-1)
+    if corners and num_crops < 4:
+        raise ValueError(f"corner crops need at least 4 crops per image, got {num_crops}")
+    corner_xy = torch.randint(0, image_size - crop_size + 1, (num_images, num_crops, 2), generator=generator)
+    if corners:
+        far = image_size - crop_size
+        fixed = torch.tensor([[0, 0], [0, far], [far, 0], [far, far]])
+        corner_xy[:, :4] = fixed
+    return torch.cat([corner_xy, corner_xy + crop_size], dim=-1)
 
 
 def crop_batch(images, boxes):

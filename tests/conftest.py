@@ -18,7 +18,7 @@ def tiny_config(**demo_overrides):
     demo = config["datasets"]["demo"]
     demo["synthetic"] = {"train": 12, "val": 4, "size": 64, "seed": 0}
     demo["train_cls"].update(input_size=64, epochs=1, batch_size=4)
-    demo["train_l2g"].update(input_size=64, crop_size=32, num_crops=2, epochs=1, batch_size=4)
+    demo["train_l2g"].update(input_size=64, crop_size=32, num_crops=4, epochs=1, batch_size=4)
     demo["export_cams"].update(scales=[1.0], batch_size=4)
     demo["train_seg"].update(crop_size=32, iterations=2, batch_size=2)
     demo["predict_seg"].update(scales=[1.0], batch_size=4)

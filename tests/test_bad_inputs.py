@@ -25,7 +25,7 @@ from conftest import BIN, run_snakemake, tiny_config
 
 ID = "train_00001"  # the image each bad input is made of
 CLS_OPTIONS = ["--epochs", "1", "--input-size", "64", "--batch-size", "4", "--lr", "0.01"]
-L2G_OPTIONS = ["--epochs", "1", "--input-size", "64", "--crop-size", "32", "--num-crops", "2", "--batch-size", "2",
+L2G_OPTIONS = ["--epochs", "1", "--input-size", "64", "--crop-size", "32", "--num-crops", "4", "--batch-size", "2",
                "--lr", "0.01"]
 
 
@@ -292,6 +292,9 @@ BAD_OPTIONS = {
                                ["--lr must be positive, got -0.1"]),
     "zero crops": ("train-l2g", ["--init-from", "{cls}", "--out", "{out}/model.pt", *L2G_OPTIONS, "--num-crops", "0"],
                    ["--num-crops must be at least 1, got 0"]),
+    "three corner crops": ("train-l2g", ["--init-from", "{cls}", "--out", "{out}/model.pt", *L2G_OPTIONS,
+                                         "--num-crops", "3"],
+                           ["--crop-layout corners needs --num-crops 4 or more, got 3"]),
     "crop larger than the input": ("train-l2g", ["--init-from", "{cls}", "--out", "{out}/model.pt", *L2G_OPTIONS,
                                                  "--crop-size", "96"],
                                    ["--crop-size 96", "at most --input-size 64"]),

@@ -1,5 +1,6 @@
 """The L2G method on small hand-made tensors: targets, crops, alignment, loss."""
 
+import pytest
 import torch
 
 from l2g_core.l2g import (align_global, boxes_to_rois, crop_batch, local_targets, normalise_cams,
@@ -91,6 +92,25 @@ def test_crops_equal_slices_of_their_images():
         for n in range(3):
             x1, y1, x2, y2 = boxes[b, n].tolist()
             assert torch.equal(crops[b * 3 + n], images[b, :, y1:y2, x1:x2])
+
+
+def test_corner_crops_cover_the_image_and_the_rest_are_random():
+    boxes = sample_boxes(3, 6, 10, 16, torch.Generator().manual_seed(0), corners=True)
+    far = 16 - 10
+    for image in boxes:
+        assert image[:4, :2].tolist() == [[0, 0], [0, far], [far, 0], [far, far]]
+        assert torch.all(image[:, 2:] - image[:, :2] == 10)
+        covered = torch.zeros(16, 16, dtype=torch.bool)
+        for x1, y1, x2, y2 in image[:4].tolist():
+            covered[y1:y2, x1:x2] = True
+        assert covered.all()
+    extra = boxes[:, 4:, :2]
+    assert torch.all((extra >= 0) & (extra <= far)) and len(set(map(tuple, extra.reshape(-1, 2).tolist()))) > 1
+
+
+def test_corner_crops_need_four_crops():
+    with pytest.raises(ValueError, match="at least 4 crops"):
+        sample_boxes(1, 3, 8, 16, corners=True)
 
 
 def test_rois_carry_their_image_index():

@@ -15,7 +15,7 @@ from l2g_core.training import TrainSettings, epoch_order, lr_factor
 from conftest import BIN, prepare_tiny_dataset
 
 CLS_OPTIONS = ["--input-size", "64", "--batch-size", "4", "--lr", "0.01", "--schedule", "poly", "--seed", "1"]
-L2G_OPTIONS = ["--input-size", "64", "--crop-size", "32", "--num-crops", "2", "--batch-size", "4", "--lr", "0.005",
+L2G_OPTIONS = ["--input-size", "64", "--crop-size", "32", "--num-crops", "4", "--batch-size", "4", "--lr", "0.005",
                "--seed", "1"]
 
 

@@ -1,7 +1,8 @@
 """`l2g train-l2g`: stage 2, local-to-global attention transfer (L2G).
 
-A global network sees the whole image, a local network sees `num_crops` random crops of it; both
-start from the stage-1 classifier. The local CAMs on the crops become targets (l2g_core.l2g) that
+A global network sees the whole image, a local network sees `num_crops` crops of it (four in the
+corners, the rest random, as the official VOC loader draws them); both start from the stage-1
+classifier. The local CAMs on the crops become targets (l2g_core.l2g) that
 the global CAMs under the same boxes are pulled to. Only the global network is used afterwards.
 """
 
@@ -26,6 +27,9 @@ def configure(parser):
     group.add_argument("--input-size", type=int, required=True, help="global input: images resized to this square")
     group.add_argument("--crop-size", type=int, required=True, help="side of each local crop, in input pixels")
     group.add_argument("--num-crops", type=int, required=True, help="crops per image")
+    group.add_argument("--crop-layout", choices=("corners", "random"), default="corners",
+                       help="corners (official): four crops in the image corners, the rest random; "
+                            "random: every crop at a random position")
     group.add_argument("--kd-weight", type=float, default=10.0, help="weight of the transfer loss (VOC 10, COCO 30)")
     group.add_argument("--use-saliency", action=argparse.BooleanOptionalAction, default=True,
                        help="gate the targets with the saliency maps (Sal/); off: background from the CAM")
@@ -45,6 +49,8 @@ def configure(parser):
 def check_args(args):
     if args.num_crops < 1:
         raise L2GError(f"--num-crops must be at least 1, got {args.num_crops}")
+    if args.crop_layout == "corners" and args.num_crops < 4:
+        raise L2GError(f"--crop-layout corners needs --num-crops 4 or more, got {args.num_crops}")
     if not 0 < args.crop_size <= args.input_size:
         raise L2GError(f"--crop-size {args.crop_size} must be positive and at most --input-size {args.input_size}")
     if args.background == "saliency" and not args.use_saliency:
@@ -83,15 +89,17 @@ def run(args):
     if args.crop_size % global_net.stride:
         raise L2GError(f"--crop-size {args.crop_size} must be a multiple of the feature stride {global_net.stride}")
     dataset = LabelledImages(manifest, "train", args.input_size, saliency=args.use_saliency, seed=settings.seed)
-    l2g_options = {k: getattr(args, k) for k in ("input_size", "crop_size", "num_crops", "kd_weight", "use_saliency",
-                                                 "global_cls_weight", "background", "bg_score", "ignore_empty")}
+    l2g_options = {k: getattr(args, k) for k in ("input_size", "crop_size", "num_crops", "crop_layout", "kd_weight",
+                                                 "use_saliency", "global_cls_weight", "background", "bg_score",
+                                                 "ignore_empty")}
     describe = {"stage": "l2g", "init_from": str(Path(args.init_from).resolve()), **l2g_options}
     trainer = Trainer({"global": global_net, "local": local_net}, dataset, settings, runtime,
                       Path(args.out).parent, describe, inputs=[args.manifest, args.init_from])
     net_g, net_l = trainer.wrapped["global"], trainer.wrapped["local"]
 
     def step(batch, generator):
-        boxes = sample_boxes(len(batch["image"]), args.num_crops, args.crop_size, args.input_size, generator)
+        boxes = sample_boxes(len(batch["image"]), args.num_crops, args.crop_size, args.input_size, generator,
+                             corners=args.crop_layout == "corners")
         return l2g_losses(net_g, net_l, batch, boxes, args, global_net.stride)
 
     trainer.fit(step)
