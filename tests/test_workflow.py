@@ -65,7 +65,8 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
         assert export["num_images"] == metrics["num_images"] == len(list((results / kind).glob("*.npz")))
     pseudo = json.loads((results / "pseudo_labels/miou.json").read_text())
     assert set(pseudo) >= {"miou", "miou_no_crf", "saliency_baseline", "ignore_band", "per_class_iou"}
-    assert pseudo["background"] == "saliency" and pseudo["ignore_band"] == [0.2, 0.4]
+    refine = tiny_config()["datasets"]["demo"]["refine"]
+    assert pseudo["background"] == "saliency" and pseudo["ignore_band"] == refine["ignore_band"]
     # the CAMs of every classifier beside the labels and the saliency baseline
     assert set(pseudo["cam_scores"]) == {"cls_cams", "control_cams", "cams", "no_saliency_cams"}
     for kind, summary in pseudo["cam_scores"].items():
@@ -78,7 +79,7 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
     assert control["epochs"] == l2g["epochs"] and control["lr"] == l2g["lr"]
     # the second L2G run: train_l2g's settings without saliency
     no_saliency = torch.load(results / "l2g_no_saliency/model.pt", weights_only=True)["settings"]
-    assert l2g["use_saliency"] and not no_saliency["use_saliency"]
+    assert l2g["use_saliency"] and not no_saliency["use_saliency"] and l2g["crop_layout"] == "corners"
     assert no_saliency == {**l2g, "use_saliency": False}
     # DeepLab on the pseudo labels and on the ground truth, with the same budget
     seg = torch.load(results / "seg/model.pt", weights_only=True)
