@@ -259,3 +259,13 @@ def test_saliency_background_with_an_ignore_band():
     assert labels.tolist() == [[1, 2, 255, 255, 0]]
     at_threshold = refine_labels(None, cams, [1, 2], threshold=0.5, saliency=saliency, use_crf=False)
     assert at_threshold.tolist() == [[1, 2, 0, 0, 0]]  # the saliency baseline's labelling
+
+
+def test_a_band_of_zero_width_ignores_only_what_the_cam_sees_and_the_saliency_misses():
+    # the demo's [0.3, 0.3]: salient owl | saliency just under 0.3, weak CAM | saliency 0.35, CAM says fox |
+    # missed by saliency, strong CAM | empty
+    cams = np.array([[[0.9, 0.1, 0.2, 0.8, 0.1]],
+                     [[0.1, 0.2, 0.6, 0.1, 0.0]]], dtype=np.float32)
+    saliency = np.array([[0.9, 0.28, 0.35, 0.05, 0.1]], dtype=np.float32)
+    labels = refine_labels(None, cams, [1, 2], ignore_band=(0.3, 0.3), saliency=saliency, use_crf=False)
+    assert labels.tolist() == [[1, 0, 2, 255, 0]]
