@@ -26,12 +26,11 @@ def sample_boxes(num_images, num_crops, crop_size, image_size, generator=None, *
         raise ValueError(f"crop size {crop_size} is larger than the input size {image_size}")
     if corners and num_crops < 4:
         raise ValueError(f"corner crops need at least 4 crops per image, got {num_crops}")
-    corner_xy = torch.randint(0, image_size - crop_size + 1, (num_images, num_crops, 2), generator=generator)
+    far = image_size - crop_size  # the largest top-left coordinate
+    top_left = torch.randint(0, far + 1, (num_images, num_crops, 2), generator=generator)
     if corners:
-        far = image_size - crop_size
-        fixed = torch.tensor([[0, 0], [0, far], [far, 0], [far, far]])
-        corner_xy[:, :4] = fixed
-    return torch.cat([corner_xy, corner_xy + crop_size], dim=-1)
+        top_left[:, :4] = torch.tensor([[0, 0], [0, far], [far, 0], [far, far]])
+    return torch.cat([top_left, top_left + crop_size], dim=-1)
 
 
 def crop_batch(images, boxes):

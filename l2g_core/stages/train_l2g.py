@@ -2,8 +2,8 @@
 
 A global network sees the whole image, a local network sees `num_crops` crops of it (four in the
 corners, the rest random, as the official VOC loader draws them); both start from the stage-1
-classifier. The local CAMs on the crops become targets (l2g_core.l2g) that
-the global CAMs under the same boxes are pulled to. Only the global network is used afterwards.
+classifier. The local CAMs on the crops become targets (l2g_core.l2g) that the global CAMs under
+the same boxes are pulled to. Only the global network is used afterwards.
 """
 
 import argparse
