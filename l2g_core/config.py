@@ -83,6 +83,9 @@ def check_dataset(name, dataset):
         if l2g["crop_size"] > l2g["input_size"]:
             raise L2GError(f"datasets.{name}.{key}.crop_size: {l2g['crop_size']} is larger than "
                            f"input_size {l2g['input_size']}; crops are cut from the input")
+        if l2g.get("crop_layout", "corners") == "corners" and l2g["num_crops"] < 4:
+            raise L2GError(f"datasets.{name}.{key}.num_crops: {l2g['num_crops']} is fewer than the 4 corner "
+                           f"crops of crop_layout corners (the default); set 4 or more, or crop_layout random")
         if not l2g.get("use_saliency", True) and l2g.get("background") == "saliency":
             raise L2GError(f"datasets.{name}.{key}.background: saliency needs use_saliency; "
                            f"set background to complement, threshold or channel")

@@ -250,6 +250,8 @@ BAD_SETTINGS = {
                                         "datasets.demo.train_l2g.lr: expected number, got 'fast'"),
     "zero crops": (lambda d: d["train_l2g"].update(num_crops=0),
                    "datasets.demo.train_l2g.num_crops: 0 is out of range (must be >= 1)"),
+    "fewer crops than corners": (lambda d: d["train_l2g"].update(num_crops=3),
+                                 "datasets.demo.train_l2g.num_crops: 3 is fewer than the 4 corner crops"),
     "crop larger than the input": (lambda d: d["train_l2g"].update(crop_size=96),
                                    "datasets.demo.train_l2g.crop_size: 96 is larger than input_size 64"),
     "saliency background without saliency": (
