@@ -17,6 +17,8 @@ STAGES = (
     ("make-synthetic", "l2g_core.stages.make_synthetic", "generate the synthetic demo dataset (VOC layout)"),
     ("prepare-coco", "l2g_core.stages.prepare_coco", "convert MS COCO 2014 instances to the VOC layout"),
     ("prepare", "l2g_core.stages.prepare", "check a dataset and write its manifest and image-level labels"),
+    ("convert-weights", "l2g_core.stages.convert_weights",
+     "convert MXNet .params weights (the released ImageNet ResNet-38) to a torch state dict"),
     ("train-cls", "l2g_core.stages.train_cls", "stage 1: train the CAM classifier on image-level labels"),
     ("train-l2g", "l2g_core.stages.train_l2g", "stage 2: L2G local-to-global attention transfer"),
     ("export-cams", "l2g_core.stages.export_cams", "multi-scale, flipped CAMs of a classifier, one file per image"),

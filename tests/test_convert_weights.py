@@ -1,0 +1,374 @@
+"""`l2g convert-weights` and the MXNet .params reader (l2g_core.mxnet_params).
+
+Checked against a real file written by MXNet (../shared/fixtures/mxnet, a MobileFaceNet whose
+symbol file tells each array's shape), against ResNet-38 weights under the official MXNet names
+(written by a small V2 writer below), and against broken files, which must fail in one line
+without leaving an output file.
+"""
+
+import ast
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from l2g_core.cli import main
+from l2g_core.errors import L2GError
+from l2g_core.models import ResNet38, build_classifier
+from l2g_core.mxnet_params import read_params
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "mxnet"
+PARAMS = FIXTURES / "model-0000.params"
+SYMBOL = FIXTURES / "model-symbol.json"
+needs_fixture = pytest.mark.skipif(
+    not FIXTURES.is_dir(), reason="../shared/fixtures/mxnet not present (plain clone)")
+
+
+# --- A writer of the formats, for tests only (see the reader's module docstring). ---
+
+TYPE_FLAGS = {np.dtype("float32"): 0, np.dtype("float64"): 1, np.dtype("float16"): 2,
+              np.dtype("uint8"): 3, np.dtype("int32"): 4, np.dtype("int8"): 5, np.dtype("int64"): 6}
+
+
+def array_header(array, layout="v2", storage=0, type_flag=None):
+    """The bytes before an array's data in `layout` (v2, v1 or legacy)."""
+    flag = TYPE_FLAGS[array.dtype] if type_flag is None else type_flag
+    if layout == "legacy":  # no magic: ndim first, uint32 dims
+        head = struct.pack(f"<I{array.ndim}I", array.ndim, *array.shape)
+    else:
+        head = struct.pack("<I", 0xF993FAC9 if layout == "v2" else 0xF993FAC8)
+        if layout == "v2":
+            head += struct.pack("<i", storage)
+        head += struct.pack(f"<I{array.ndim}q", array.ndim, *array.shape)
+    return head + struct.pack("<iii", 1, 0, flag)  # context cpu(0), type flag
+
+
+def little_endian(array):
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+
+
+def array_bytes(array, layout="v2", storage=0, type_flag=None):
+    return array_header(array, layout, storage, type_flag) + little_endian(array).tobytes()
+
+
+def names_bytes(names):
+    out = struct.pack("<Q", len(names))
+    for name in names:
+        raw = name.encode()
+        out += struct.pack("<Q", len(raw)) + raw
+    return out
+
+
+def write_params(path, arrays, layout="v2", names=None):
+    """Write {name: array} as mx.nd.save does (names=[] for a list saved without names)."""
+    names = list(arrays) if names is None else names
+    with open(path, "wb") as f:
+        f.write(struct.pack("<QQQ", 0x112, 0, len(arrays)))
+        for array in arrays.values():
+            f.write(array_header(array, layout))
+            # The raw memory, not a bytes copy: ResNet-38 is 400 MB.
+            f.write(memoryview(little_endian(array)).cast("B"))
+        f.write(names_bytes(names))
+
+
+def run_cli(capsys, *args):
+    """Exit code, stdout lines and stderr lines of `l2g convert-weights ARGS`."""
+    code = main(["convert-weights", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err.splitlines()
+
+
+# --- The real MXNet file against its symbol. ---
+
+def expected_fixture_shapes(symbol):
+    """{parameter name: expected shape (None where the symbol does not say)} and the aux names.
+
+    Walks the graph in order, tracking each node's output channels: the data's channel count
+    is unknown (the symbol does not give it), every other one follows from the layers.
+    """
+    nodes = symbol["nodes"]
+    channels, expected, aux = {}, {}, set()
+    for index, node in enumerate(nodes):
+        op, attrs = node["op"], node.get("attrs", {})
+        inputs = [nodes[i]["name"] for i, _, _ in node["inputs"]]
+        in_ch = channels[node["inputs"][0][0]] if node["inputs"] else None
+        if op == "null":
+            channels[index] = None
+        elif op == "Convolution":
+            out, groups = int(attrs["num_filter"]), int(attrs.get("num_group", "1"))
+            kernel = tuple(ast.literal_eval(attrs["kernel"]))
+            assert in_ch is None or in_ch % groups == 0
+            expected[inputs[1]] = (out, None if in_ch is None else in_ch // groups, *kernel)
+            if attrs.get("no_bias", "False") != "True":
+                expected[inputs[2]] = (out,)
+            channels[index] = out
+        elif op == "BatchNorm":  # data, gamma, beta, moving_mean, moving_var
+            for name in inputs[1:5]:
+                expected[name] = (in_ch,)
+            aux.update(inputs[3:5])
+            channels[index] = in_ch
+        elif op == "LeakyReLU":
+            if attrs.get("act_type") == "prelu":
+                expected[inputs[1]] = (in_ch,)
+            channels[index] = in_ch
+        elif op == "FullyConnected":
+            hidden = int(attrs["num_hidden"])
+            # (num_hidden, C*H*W of the flattened input): the symbol fixes only C.
+            expected[inputs[1]] = (hidden, ("multiple of", in_ch))
+            if attrs.get("no_bias", "False") != "True":
+                expected[inputs[2]] = (hidden,)
+            channels[index] = hidden
+        elif op == "elemwise_add":
+            assert channels[node["inputs"][0][0]] == channels[node["inputs"][1][0]], node["name"]
+            channels[index] = in_ch
+        elif op in ("_minus_scalar", "_mul_scalar"):
+            channels[index] = in_ch
+        else:
+            raise AssertionError(f"op {op} of {node['name']} not handled by this test")
+    # Some parameter nodes also carry their shape; it must agree with the layer's.
+    for node in nodes:
+        if node["op"] == "null" and "__shape__" in node.get("attrs", {}):
+            declared = tuple(ast.literal_eval(node["attrs"]["__shape__"]))
+            assert shape_matches(declared, expected[node["name"]]), node["name"]
+            expected[node["name"]] = declared
+    return expected, aux
+
+
+def shape_matches(shape, expected):
+    if len(shape) != len(expected):
+        return False
+    for dim, want in zip(shape, expected):
+        if isinstance(want, tuple):  # ("multiple of", C)
+            if want[1] is not None and dim % want[1] != 0:
+                return False
+        elif want is not None and dim != want:
+            return False
+    return True
+
+
+@needs_fixture
+def test_fixture_every_array_has_the_shape_its_symbol_implies():
+    arrays = read_params(PARAMS)
+    symbol = json.loads(SYMBOL.read_text())
+    params = {n["name"] for n in symbol["nodes"] if n["op"] == "null"}
+    expected, aux = expected_fixture_shapes(symbol)
+    assert len(arrays) == 284
+    for stored, array in arrays.items():
+        role, _, name = stored.partition(":")
+        assert name in params, stored
+        assert role == ("aux" if name in aux else "arg"), stored
+        assert shape_matches(array.shape, expected[name]), (stored, array.shape, expected[name])
+        assert array.dtype == np.float32, stored
+    # Every parameter of the network but its input is in the file.
+    assert {s.partition(":")[2] for s in arrays} == params - {"data"}
+
+
+@needs_fixture
+def test_fixture_layout_accounts_for_every_byte():
+    """V2 arrays back to back (24 + 8*ndim bytes of header, then the data), then the names."""
+    arrays = read_params(PARAMS)
+    offset = 24
+    for array in arrays.values():
+        offset += 24 + 8 * array.ndim + array.nbytes
+    offset += 8 + sum(8 + len(name.encode()) for name in arrays)
+    assert offset == PARAMS.stat().st_size
+
+
+@needs_fixture
+def test_cli_without_arch_writes_every_array_under_its_name(tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    code, stdout, stderr = run_cli(capsys, PARAMS, out)
+    assert (code, stderr) == (0, [])
+    assert stdout == [f"read 284 arrays from {PARAMS}, wrote 284 tensors to {out}"]
+    arrays = read_params(PARAMS)
+    state = torch.load(out, weights_only=True)
+    assert list(state) == [s.partition(":")[2] for s in arrays]
+    for stored, array in arrays.items():
+        tensor = state[stored.partition(":")[2]]
+        assert tensor.dtype == torch.float32
+        assert np.array_equal(tensor.numpy(), array), stored
+
+
+# --- ResNet-38 under the official MXNet names. ---
+
+def mxnet_resnet38_name(torch_name):
+    """Our ResNet-38 name -> the released MXNet model's, inverting the rules of the official
+    converter (PengtaoJiang/L2G, models/resnet38_base.py, convert_mxnet_to_torch, lines 201-249):
+    b2 <-> res2a / bn2a, b4_3 <-> res4b3 / bn4b3, conv weights are res*, BatchNorm bn*,
+    gamma/beta/moving_mean/moving_var <-> weight/bias/running_mean/running_var, and BatchNorm
+    statistics are aux: states (everything else arg:), as MXNet saves them."""
+    bn = {"weight": "arg:{}_gamma", "bias": "arg:{}_beta",
+          "running_mean": "aux:{}_moving_mean", "running_var": "aux:{}_moving_var"}
+    parts = torch_name.split(".")
+    if parts[0] == "conv1a":
+        return "arg:conv1a_weight"
+    if parts[0] == "bn7":
+        return bn[parts[1]].format("bn7")
+    stage, _, index = parts[0][1:].partition("_")
+    block = f"{stage}a" if not index else f"{stage}b{index}"
+    layer, branch = parts[1].split("_", 1)
+    if layer == "conv":
+        return f"arg:res{block}_{branch}_weight"
+    return bn[parts[2]].format(f"bn{block}_{branch}")
+
+
+def test_resnet38_round_trip(tmp_path, capsys):
+    with torch.device("meta"):  # names and shapes only: no 400 MB of random init
+        shapes = {k: tuple(v.shape) for k, v in ResNet38().state_dict().items()
+                  if not k.endswith("num_batches_tracked")}
+    rng = np.random.default_rng(0)
+    written = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
+    arrays = {mxnet_resnet38_name(name): value for name, value in written.items()}
+    assert len(arrays) == len(written)  # the naming is one to one
+    arrays["arg:linear1000_weight"] = rng.standard_normal((1000, 4096), dtype=np.float32)
+    arrays["arg:linear1000_bias"] = rng.standard_normal(1000, dtype=np.float32)
+    # MXNet's file order is not the model's: shuffle so that nothing depends on it.
+    names = [list(arrays)[i] for i in rng.permutation(len(arrays))]
+    params = tmp_path / "ilsvrc-cls_rna-a1_cls1000_ep-0001.params"
+    write_params(params, {name: arrays[name] for name in names})
+    del arrays
+
+    out = tmp_path / "resnet38.pt"
+    code, stdout, stderr = run_cli(capsys, params, out, "--arch", "resnet38")
+    assert (code, stderr) == (0, [])
+    dropped = ", ".join(n for n in names if "linear1000" in n)  # in file order
+    assert stdout == [f"read {len(names)} arrays from {params}, wrote {len(written)} tensors "
+                      f"to {out}, dropped 2 ({dropped})"]
+    state = torch.load(out, weights_only=True)
+    assert set(state) == set(written)
+
+    model = ResNet38()
+    result = model.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == []
+    assert all(k.endswith("num_batches_tracked") for k in result.missing_keys)
+    for name, tensor in model.state_dict().items():
+        if not name.endswith("num_batches_tracked"):
+            assert tensor.dtype == torch.float32
+            assert np.array_equal(tensor.numpy(), written[name]), name
+    del model, state
+
+    classifier = build_classifier("resnet38", 20, pcm=True, init=out)
+    for name in ("conv1a.weight", "b4_3.conv_branch2a.weight", "b7.bn_branch2b2.running_var",
+                 "bn7.bias"):
+        assert np.array_equal(classifier.state_dict()[name].numpy(), written[name]), name
+
+
+# --- Other layouts and dtypes (written here, as the real files are not at hand). ---
+
+@pytest.mark.parametrize("layout", ["v2", "v1", "legacy"])
+def test_layouts_and_dtypes_read_back(tmp_path, layout):
+    rng = np.random.default_rng(1)
+    arrays = {f"arg:a_{dtype}": (rng.standard_normal((2, 3, 4)) * 50).astype(dtype)
+              for dtype in TYPE_FLAGS}
+    arrays["aux:scalar_like"] = np.array([7.5], dtype=np.float32)
+    path = tmp_path / "x.params"
+    write_params(path, arrays, layout=layout)
+    read = read_params(path)
+    assert list(read) == list(arrays)
+    for name, array in arrays.items():
+        assert read[name].dtype == array.dtype and read[name].shape == array.shape, name
+        assert np.array_equal(read[name], array), name
+
+
+# --- Broken inputs: exit 1, one line naming the file, no output file. ---
+
+def bad_files(tmp_path):
+    """{case: (path, expected phrase)}: each a file the reader must refuse."""
+    small = {"arg:w": np.ones((4, 3), np.float32), "aux:m": np.zeros(4, np.float32)}
+    good = array_bytes(small["arg:w"]) + array_bytes(small["aux:m"])
+    header = struct.pack("<QQQ", 0x112, 0, 2)
+    cases = {
+        "text": (b"# not weights\nhello\n", "not an MXNet parameter file (magic 0x"),
+        "empty": (b"", "empty file"),
+        "torch-file": (b"PK\x03\x04" + bytes(60), "not an MXNet parameter file"),
+        "header-cut": (header[:13], "cut short (file header needs 24 bytes, 13 left)"),
+        "dims-cut": (header + array_bytes(small["arg:w"])[:20], "cut short (shape of array 1 of 2"),
+        "names-missing": (header + good, "cut short (count of names"),
+        "name-count": (header + good + names_bytes(["arg:w"]), "1 names for 2 arrays"),
+        "unnamed": (header + good + names_bytes([]), "have no names"),
+        "duplicate": (header + good + names_bytes(["arg:w", "arg:w"]), "appears twice"),
+        "trailing": (header + good + names_bytes(list(small)) + b"\0", "1 unexpected bytes"),
+        "sparse": (header + array_bytes(small["arg:w"], storage=1), "sparse (row_sparse) array"),
+        "type-flag": (header + array_bytes(small["arg:w"], type_flag=9), "unsupported type flag 9"),
+        "array-magic": (header + struct.pack("<I", 0xDEADBEEF) + bytes(40),
+                        "array 1 of 2 does not start with an NDArray header (0xDEADBEEF)"),
+    }
+    out = {}
+    for case, (data, phrase) in cases.items():
+        path = tmp_path / f"{case}.params"
+        path.write_bytes(data)
+        out[case] = (path, phrase)
+    return out
+
+
+BAD_CASES = ["text", "empty", "torch-file", "header-cut", "dims-cut", "names-missing",
+             "name-count", "unnamed", "duplicate", "trailing", "sparse", "type-flag",
+             "array-magic"]
+
+
+def assert_refused(capsys, tmp_path, params, phrase, *extra):
+    out = tmp_path / "out" / "weights.pt"
+    code, stdout, stderr = run_cli(capsys, params, out, *extra)
+    assert code == 1
+    assert len(stderr) == 1, stderr
+    assert stderr[0].startswith(f"l2g convert-weights: error: {params}: "), stderr[0]
+    assert phrase in stderr[0], stderr[0]
+    assert not out.exists()
+    assert not out.parent.exists() or not any(out.parent.iterdir())  # no temporary left either
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_broken_file_is_refused_in_one_line(tmp_path, capsys, case):
+    params, phrase = bad_files(tmp_path)[case]
+    assert_refused(capsys, tmp_path, params, phrase)
+
+
+def test_reader_raises_l2gerror(tmp_path):
+    params, _ = bad_files(tmp_path)["sparse"]
+    with pytest.raises(L2GError, match="sparse"):
+        read_params(params)
+
+
+@needs_fixture
+@pytest.mark.parametrize("where", ["data", "names"])
+def test_cut_fixture_is_refused_in_one_line(tmp_path, capsys, where):
+    arrays = read_params(PARAMS)
+    data = PARAMS.read_bytes()
+    offset = 24
+    if where == "data":  # halfway through the data of the middle array
+        middle = len(arrays) // 2
+        for array in list(arrays.values())[:middle]:
+            offset += 24 + 8 * array.ndim + array.nbytes
+        array = list(arrays.values())[middle]
+        offset += 24 + 8 * array.ndim + array.nbytes // 2
+        phrase = f"cut short (data of array {middle + 1} of 284 needs {array.nbytes} bytes"
+    else:  # halfway through the first name
+        offset = len(data) - sum(8 + len(n.encode()) for n in arrays)
+        first = list(arrays)[0]
+        offset += 8 + len(first) // 2
+        phrase = f"cut short (name 1 of 284 needs {len(first)} bytes, {len(first) // 2} left)"
+    params = tmp_path / "model-0000.params"
+    params.write_bytes(data[:offset])
+    assert_refused(capsys, tmp_path, params, phrase)
+
+
+@needs_fixture
+def test_other_network_with_arch_resnet38_is_refused(tmp_path, capsys):
+    assert_refused(capsys, tmp_path, PARAMS, "is not a ResNet-38 array name", "--arch", "resnet38")
+
+
+def test_resnet38_missing_entry_is_refused(tmp_path, capsys):
+    """A file with ResNet-38 names but one array short fails and names what is missing."""
+    arrays = {"arg:conv1a_weight": np.zeros((64, 3, 3, 3), np.float32),
+              "arg:bn2a_branch2a_gamma": np.zeros(64, np.float32)}
+    params = tmp_path / "partial.params"
+    write_params(params, arrays)
+    assert_refused(capsys, tmp_path, params, "no array for ResNet-38's b2.bn_branch2a.bias (64,)",
+                   "--arch", "resnet38")
+    arrays["arg:bn2a_branch2a_gamma"] = np.zeros(65, np.float32)
+    write_params(params, arrays)
+    assert_refused(capsys, tmp_path, params, "arg:bn2a_branch2a_gamma has shape (65,)",
+                   "--arch", "resnet38")
