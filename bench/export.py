@@ -3,8 +3,8 @@ its flip) per forward pass with one PNG per class (the official test script's wa
 
 Model: `build_classifier("small", 6)`, random init (timing only), saved as the training stages
 save theirs; the demo's export settings: scales 0.5 1.0 1.5 with flip, batch 16, images 128 px.
-Check: the CAMs of both sides (pipeline: its float16 files; reference: its maps before 8-bit
-quantisation) agree within 1e-3. Target: the pipeline at least 2x the images per second.
+Check: the CAMs of both sides (pipeline: its files, 1/255 steps; reference: its 8-bit PNGs)
+agree within one 1/255 step. Target: the pipeline at least 2x the images per second.
 Also reported: bytes written per image in each format, and the 8-bit PNGs' quantisation error.
 """
 
@@ -19,7 +19,7 @@ from bench.reference import reference_export
 from l2g_core.data.manifest import load_manifest, split_ids
 
 TARGET_SPEEDUP = 2.0
-TOLERANCE = 1e-3
+TOLERANCE = 1 / 255 + 1e-6  # one quantisation step: a float rounding can tip a value over
 SCALES = [0.5, 1.0, 1.5]
 BATCH_SIZE = 16
 
@@ -67,9 +67,9 @@ def run(ctx):
         if list(classes) != ref_classes:
             max_diff = float("inf")
             continue
-        max_diff = max(max_diff, float(np.abs(cams - ref_maps).max()))
-        for c, ref_map in zip(ref_classes, ref_maps):
+        for cam, c, ref_map in zip(cams, ref_classes, ref_maps):
             png = np.asarray(Image.open(out_ref / f"{image_id}_{c - 1}.png"))
+            max_diff = max(max_diff, float(np.abs(cam - png / 255.0).max()))
             max_png_error = max(max_png_error, float(np.abs(png / 255.0 - ref_map).max()))
     agree = max_diff <= TOLERANCE
 
@@ -95,8 +95,8 @@ def run(ctx):
             {"measure": f"images/s, {len(ids)} images {size} px, scales {SCALES} + flip ({ctx.device})",
              "pipeline": f"{len(ids) / pipe_s:.3g} img/s", "reference": f"{len(ids) / ref_s:.3g} img/s",
              "ratio": speedup, "target": f">= {TARGET_SPEEDUP:g}x", "met": speedup >= TARGET_SPEEDUP,
-             "check": f"max |dCAM| {max_diff:.1e} (<= {TOLERANCE:g})"},
-            {"measure": "bytes written per image (float16 .npz vs 8-bit PNG per class)",
+             "check": f"max |dCAM| {max_diff:.1e} (<= 1/255)"},
+            {"measure": "bytes written per image (compressed uint8 .npz vs 8-bit PNG per class)",
              "pipeline": f"{npz_bytes:,.0f} B", "reference": f"{png_bytes:,.0f} B",
              "ratio": None, "target": "", "met": None,
              "check": f"PNG quantisation error up to {max_png_error:.4f}"},

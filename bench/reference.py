@@ -15,13 +15,11 @@ None of the official code is copied; each function follows the structure of one 
                          images to zero absent classes and a sort over classes (argsort, then
                          one-hot rows of an identity matrix) to keep the winner
 
-Where the official maths differs from the pipeline's in ways that change the numbers, the
-reference follows the pipeline, so that both sides compute the same result and only the way of
-computing it is compared: bilinear resizing (official CAM export: bicubic), ReLU of each map before
-aggregation and a sum over scales and flips (official: mean, then ReLU), CAMs divided by max + 1e-5
-(official: 1e-8), saliency resized with area averaging (official: nearest), roi_align with
-aligned=True and sampling_ratio=1 (official: the legacy aligned=False), and a stable sort, so ties
-go to the lowest channel as with argmax (official: an unstable sort).
+The pipeline now computes the official maths (docs/reproduction.md; tests/test_parity_*.py), so
+the references follow the official scripts in every step that changes numbers: bicubic resizing,
+the mean over scales and flips then ReLU, maxima + 1e-8, nearest saliency resizing, the legacy
+roi_align; only a stable sort replaces the official unstable one (ties to the lowest channel, as
+argmax), which changes nothing but the order of equal zeros.
 """
 
 import json
@@ -102,7 +100,7 @@ def reference_export(model_path, root, ids, labels, scales, flip, out_dir, devic
     import torch.nn.functional as F
 
     from l2g_core.data.layout import VOCLayout
-    from l2g_core.data.torch_data import normalise
+    from l2g_core.data.augment import normalise
     from l2g_core.model_io import load_classifier
 
     model, _ = load_classifier(model_path)
@@ -115,20 +113,21 @@ def reference_export(model_path, root, ids, labels, scales, flip, out_dir, devic
         for image_id in ids:
             rgb = layout.load_image(image_id)
             height, width = rgb.shape[:2]
-            image = normalise(rgb)[None].to(device)
+            image = Image.fromarray(rgb)
             cam_list = []
             for scale in scales:
-                size = (max(1, round(height * scale)), max(1, round(width * scale)))
-                scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=False) if scale != 1 else image
+                scaled = image.resize((int(round(width * scale)), int(round(height * scale))), Image.BICUBIC)
+                tensor = torch.from_numpy(normalise(np.asarray(scaled)))[None].to(device)
                 for flipped in ((False, True) if flip else (False,)):
-                    cams = model(scaled.flip(-1) if flipped else scaled)["cams"][:, :-1].float()
-                    cams = F.interpolate(F.relu(cams), size=(height, width), mode="bilinear", align_corners=False)[0]
+                    cams = model(tensor.flip(-1) if flipped else tensor)["cams"].float()
+                    cams = F.interpolate(cams, size=(height, width), mode="bicubic", align_corners=False)[0]
                     cam_np = cams.cpu().numpy()
                     if flipped:
                         cam_np = np.flip(cam_np, axis=-1)
                     cam_list.append(cam_np)
-            cam_np = np.sum(cam_list, axis=0)
-            norm_cam = cam_np / (np.max(cam_np, (1, 2), keepdims=True) + 1e-5)
+            cam_np = np.mean(cam_list, axis=0)
+            cam_np[cam_np < 0] = 0
+            norm_cam = cam_np / (np.max(cam_np, (1, 2), keepdims=True) + 1e-8)
             classes = labels[image_id]
             for c in classes:
                 Image.fromarray(to_png_level(norm_cam[c - 1]), mode="L").save(out_dir / f"{image_id}_{c - 1}.png")
@@ -209,10 +208,9 @@ def reference_step(net_g, net_l, optimizer, batch, boxes, *, kd_weight, stride, 
     feat, logits = out_g["cams"], out_g["logits"]
     feat_local, logits_local = out_l["cams"], out_l["logits"]
     h, w = feat_local.shape[-2:]
-    crop_sals = F.interpolate(crop_sals, (h, w), mode="area")
+    crop_sals = F.interpolate(crop_sals, (h, w))
     targets = reference_targets(feat_local.detach().float(), label, bxs, crop_sals, bg_thr)
-    feat_aligned = ops.roi_align(feat.float(), rois.type_as(feat).float(), (h, w), 1.0 / stride,
-                                 sampling_ratio=1, aligned=True)
+    feat_aligned = ops.roi_align(feat.float(), rois.type_as(feat).float(), (h, w), 1.0 / stride)
     feat_aligned = F.softmax(feat_aligned, dim=1)
     loss_kd = F.mse_loss(feat_aligned, targets) * kd_weight
     loss_cls_global = F.multilabel_soft_margin_loss(logits.float(), label)  # computed, not added (official)

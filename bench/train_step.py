@@ -29,8 +29,8 @@ KD_WEIGHT = 10.0
 
 
 # The official formulation, as train-l2g options.
-OFFICIAL = {"use_saliency": True, "background": "channel", "bg_score": 0.3, "kd_weight": KD_WEIGHT,
-            "ignore_empty": False, "global_cls_weight": 0.0}
+OFFICIAL = {"use_saliency": True, "background": "channel", "bg_score": 0.3, "bg_thr": 1e-3, "kd_weight": KD_WEIGHT,
+            "ignore_empty": False, "global_cls_weight": 0.0, "roi_align": "legacy", "saliency_resize": "nearest"}
 
 
 def pipeline_losses(net_g, net_l, batch, boxes, num_crops):
@@ -55,7 +55,7 @@ def vectorised_crops(local_cams, batch, boxes, num_crops):
     from l2g_core.l2g import boxes_to_rois, crop_batch
 
     crops = crop_batch(batch["image"], boxes)
-    sal = F.interpolate(crop_batch(batch["saliency"], boxes), size=local_cams.shape[-2:], mode="area")
+    sal = F.interpolate(crop_batch(batch["saliency"], boxes), size=local_cams.shape[-2:])
     return crops, sal, batch["label"].repeat_interleave(num_crops, dim=0), boxes_to_rois(boxes)
 
 
@@ -64,7 +64,7 @@ def official_crops(local_cams, batch, boxes, num_crops):
 
     boxes = boxes.cpu()
     crops = reference_crops(batch["image"], boxes)
-    sal = F.interpolate(reference_crops(batch["saliency"], boxes), size=local_cams.shape[-2:], mode="area")
+    sal = F.interpolate(reference_crops(batch["saliency"], boxes), size=local_cams.shape[-2:])
     return crops, sal, batch["label"], reference_rois(boxes)
 
 
@@ -85,10 +85,11 @@ def official_targets(local_cams, batch, boxes, num_crops):
 def make_batch(ctx, batch_size, input_size, pool, size):
     import torch
 
-    from l2g_core.data.torch_data import LabelledImages
+    from l2g_core.data.torch_data import ImageOptions, LabelledImages
 
     manifest = load_manifest(synthetic_dataset(ctx, pool, size))
-    dataset = LabelledImages(manifest, "train", input_size, saliency=True, augment=False, seed=0)
+    still = ImageOptions(resize="warp", jitter=(0, 0, 0, 0), saliency_norm="none")  # no random draws
+    dataset = LabelledImages(manifest, "train", input_size, saliency=True, options=still, seed=0)
     samples = [dataset[i] for i in range(batch_size)]
     batch = {k: torch.stack([s[k] for s in samples]) for k in ("image", "label", "saliency")}
     return {k: v.to(ctx.device) for k, v in batch.items()}
@@ -110,7 +111,7 @@ def run(ctx):
     boxes = sample_boxes(batch_size, num_crops, crop_size, input_size, torch.Generator().manual_seed(0)).to(device)
     torch.manual_seed(0)
     base = build_classifier("small", 6).to(device)
-    settings = SimpleNamespace(lr=0.01, momentum=0.9, weight_decay=5e-4)
+    settings = SimpleNamespace(lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
 
     def fresh(channels_last=False):
         net_g, net_l = copy.deepcopy(base), copy.deepcopy(base)

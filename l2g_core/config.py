@@ -78,6 +78,7 @@ def check_dataset(name, dataset):
     elif root is not None and not Path(root).is_dir():
         raise L2GError(f"datasets.{name}.root: folder {root} does not exist; set it to the folder "
                        f"holding JPEGImages/ and SegmentationClassAug/")
+    check_inits(name, dataset)
     runs = l2g_runs(dataset)
     for key, l2g in runs.items():
         if l2g["crop_size"] > l2g["input_size"]:
@@ -99,6 +100,23 @@ def check_dataset(name, dataset):
     for key, options in budgets.items():
         if ("epochs" in options) == ("iterations" in options):
             raise L2GError(f"datasets.{name}.{key}: give the training budget as epochs or iterations, one of them")
+
+
+def check_inits(name, dataset):
+    """A real backbone on a real dataset needs its init written out: null would silently train it
+    from random weights (scratch asks for that); DeepLab for COCO must not start from COCO masks."""
+    if dataset["kind"] != "synthetic":
+        for key in ("train_cls", "train_seg"):
+            section = dataset[key]
+            if section["backbone"] != "small" and section.get("init") is None:
+                raise L2GError(f"datasets.{name}.{key}.init: null would train {section['backbone']} from random "
+                               f"weights; set the pretrained weights file (README, PASCAL VOC) or scratch")
+    from l2g_core.models.deeplab import refuse_coco_trained
+
+    try:
+        refuse_coco_trained(dataset["train_seg"].get("init"), dataset["kind"])
+    except L2GError as error:
+        raise L2GError(f"datasets.{name}.train_seg.init: {error}") from None
 
 
 def l2g_runs(dataset):

@@ -1,4 +1,4 @@
-"""Multi-scale, flipped inference over whole images, shared by CAM export and DeepLab prediction.
+"""Multi-scale, flipped inference over whole images (DeepLab prediction), images batched by size.
 
 Images of the same size are batched; each scale runs once for the batch and its mirror image
 together, and the maps are resized back to the original size, un-flipped and summed.
@@ -33,14 +33,18 @@ def multiscale_sum(forward, images, scales, flip, post=None):
     return total
 
 
-def image_batches(layout, ids, batch_size, device):
-    """(batch ids, normalised images (B, 3, H, W) on `device`): ids grouped by image size (read
-    from the file headers), each group cut into batches."""
+def size_batches(layout, ids, batch_size):
+    """Lists of at most batch_size ids whose images have one size (read from the file headers)."""
     by_size = {}
     for image_id in ids:
         with Image.open(layout.image_path(image_id)) as image:
             by_size.setdefault(image.size, []).append(image_id)
     for group in by_size.values():
         for start in range(0, len(group), batch_size):
-            batch_ids = group[start:start + batch_size]
-            yield batch_ids, torch.stack([normalise(layout.load_image(i)) for i in batch_ids]).to(device)
+            yield group[start:start + batch_size]
+
+
+def image_batches(layout, ids, batch_size, device):
+    """(batch ids, normalised images (B, 3, H, W) on `device`), ids grouped by image size."""
+    for batch_ids in size_batches(layout, ids, batch_size):
+        yield batch_ids, torch.stack([normalise(layout.load_image(i)) for i in batch_ids]).to(device)

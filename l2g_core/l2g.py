@@ -27,7 +27,8 @@ def sample_boxes(num_images, num_crops, crop_size, image_size, generator=None, *
     if corners and num_crops < 4:
         raise ValueError(f"corner crops need at least 4 crops per image, got {num_crops}")
     far = image_size - crop_size  # the largest top-left coordinate
-    top_left = torch.randint(0, far + 1, (num_images, num_crops, 2), generator=generator)
+    # random corners in [0, far), as the official np.random.randint(0, max_range) draws them
+    top_left = torch.randint(0, max(far, 1), (num_images, num_crops, 2), generator=generator)
     if corners:
         top_left[:, :4] = torch.tensor([[0, 0], [0, far], [far, 0], [far, far]])
     return torch.cat([top_left, top_left + crop_size], dim=-1)
@@ -60,14 +61,15 @@ def normalise_cams(cams):
     return cams / (cams.amax(dim=(2, 3), keepdim=True) + EPS)
 
 
-def local_targets(local_cams, labels, saliency=None, *, background="channel", bg_score=0.3,
-                  active_threshold=1e-3):
+def local_targets(local_cams, labels, saliency=None, *, background="channel", bg_score=0.3, bg_thr=1e-3):
     """Turn the local network's CAMs on crops into targets for the global network.
 
     local_cams: (M, C+1, h, w) raw CAMs of the crops (background channel last).
     labels: (M, C) multi-hot image-level labels of each crop's image.
     saliency: (M, 1, h, w) saliency in [0, 1] at the CAM resolution, or None.
-    background: "channel" uses the local network's own background channel (official);
+    background: "channel" uses the local network's own background channel (official VOC: a
+        winning background becomes 1 - saliency); "channel_score" (official COCO) the same, but a
+        winning background keeps its score, times 1 - saliency, and needs no `bg_thr`;
         "threshold" uses the constant `bg_score` instead, as CAM thresholding does. No loss trains
         the background channel, so "threshold" is the well-defined choice (weak point (b)).
         "saliency" (needs saliency) leaves the background to the saliency map alone: the winner
@@ -80,9 +82,9 @@ def local_targets(local_cams, labels, saliency=None, *, background="channel", bg
 
     Steps (one argmax over channels, no loop over images or classes):
     normalise per channel; zero the channels of absent classes; keep, at each pixel, only the
-    winning channel. With saliency (official): a winner above `active_threshold` becomes the
-    saliency value on a foreground channel and 1 - saliency on the background channel. Without
-    saliency: the winner keeps its normalised score. Returns (M, C+1, h, w).
+    winning channel. With saliency (official): a winner above `bg_thr` (VOC 1e-3, COCO 0.1)
+    becomes the saliency value on a foreground channel and 1 - saliency on the background
+    channel. Without saliency: the winner keeps its normalised score. Returns (M, C+1, h, w).
     """
     num_classes = labels.shape[1]
     scores = normalise_cams(local_cams)
@@ -99,28 +101,38 @@ def local_targets(local_cams, labels, saliency=None, *, background="channel", bg
     scores = scores * present[:, :, None, None]
     if background == "threshold":
         scores[:, num_classes] = bg_score
-    elif background != "channel":
+    elif background not in ("channel", "channel_score"):
         raise ValueError(f"unknown background mode {background!r}")
     winner = scores.argmax(dim=1, keepdim=True)  # (M, 1, h, w)
     one_hot = torch.zeros_like(scores).scatter_(1, winner, 1.0)
     kept = one_hot * scores
     if saliency is None:
         return kept
-    active = (kept > active_threshold).to(kept.dtype)
-    gate = torch.cat([saliency.expand(-1, num_classes, -1, -1), 1 - saliency], dim=1)
-    return active * gate
+    active = (kept > bg_thr).to(kept.dtype)
+    foreground = active[:, :num_classes] * saliency
+    if background == "channel_score":  # train_l2g_sal_coco.py: the background score itself
+        return torch.cat([foreground, kept[:, num_classes:] * (1 - saliency)], dim=1)
+    return torch.cat([foreground, active[:, num_classes:] * (1 - saliency)], dim=1)
 
 
-def align_global(global_cams, boxes, output_size, stride):
+ROI_ALIGN_MODES = ("legacy", "aligned")
+
+
+def align_global(global_cams, boxes, output_size, stride, mode="legacy"):
     """The global CAMs under each crop box, at the local CAM resolution, as class probabilities.
 
-    aligned=True puts feature pixel i's centre at input coordinate stride * (i + 0.5), so a box
-    on the stride grid samples exactly the feature pixels it covers; the official code uses
-    torchvision's legacy aligned=False, which shifts every sample by half a feature pixel.
+    mode "legacy" (official: ops.roi_align(feat, boxes, (h, w), 1 / 8.0) with torchvision's
+    defaults aligned=False, adaptive sampling) samples half a feature pixel off the pixel
+    centres, so each output averages two neighbouring feature pixels per axis; "aligned"
+    (aligned=True, one sample per bin) puts feature pixel i's centre at stride * (i + 0.5), so a
+    box on the stride grid reads exactly the feature pixels it covers.
     """
     rois = boxes_to_rois(boxes).to(global_cams.device, global_cams.dtype)
-    aligned = roi_align(global_cams, rois, output_size, spatial_scale=1.0 / stride, sampling_ratio=1, aligned=True)
-    return F.softmax(aligned, dim=1)
+    if mode == "legacy":
+        pooled = roi_align(global_cams, rois, output_size, spatial_scale=1.0 / stride)
+    else:
+        pooled = roi_align(global_cams, rois, output_size, spatial_scale=1.0 / stride, sampling_ratio=1, aligned=True)
+    return F.softmax(pooled, dim=1)
 
 
 def transfer_loss(global_probs, targets, *, ignore_empty=False):

@@ -20,7 +20,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from l2g_core.data.augment import IMAGE_STATS
 from l2g_core.data.manifest import load_manifest
+from l2g_core.data.torch_data import RESIZE_MODES, ImageOptions
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import atomic_path, remove_stale_temporaries, write_text
 from l2g_core.runtime import restore_rng_states, rng_states, seed_everything, setup_runtime
@@ -35,10 +37,12 @@ class TrainSettings:
     lr: float
     weight_decay: float = 5e-4
     momentum: float = 0.9
+    nesterov: bool = True
     schedule: str = "step"  # "step": x gamma at each of step_epochs; "poly": (1 - t/T) ** poly_power
     step_epochs: list = field(default_factory=list)
     gamma: float = 0.1
     poly_power: float = 0.9
+    poly_step: int = 1  # the poly factor changes every poly_step updates (deeplab-pytorch: 10)
     accumulate: int = 1
     seed: int = 0
     workers: int = 0
@@ -56,16 +60,49 @@ def add_training_arguments(parser):
     group.add_argument("--lr", type=float, required=True, help="base learning rate (new layers get 10x/20x)")
     group.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    group.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                       help="Nesterov momentum (official L2G: on; deeplab-pytorch: off)")
     group.add_argument("--schedule", choices=("step", "poly"), default="step", help="learning-rate schedule")
     group.add_argument("--step-epochs", type=int, nargs="*", default=[], help="epochs at which the step schedule decays")
     group.add_argument("--gamma", type=float, default=0.1, help="step schedule decay factor (default 0.1)")
     group.add_argument("--poly-power", type=float, default=0.9, help="poly schedule power (default 0.9)")
+    group.add_argument("--poly-step", type=int, default=1,
+                       help="poly schedule: the factor changes every N updates (deeplab-pytorch's LR_DECAY 10)")
     group.add_argument("--accumulate", type=int, default=1, help="steps of gradient accumulation per update")
     group.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and crops")
     group.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
     group.add_argument("--log-every", type=int, default=10, help="optimizer steps between CSV log rows")
     group.add_argument("--device", default="auto", help="auto (CUDA when visible), cuda or cpu")
+
+
+def add_image_arguments(parser):
+    """The input pipeline of the classifier and L2G stages (torch_data.ImageOptions); the
+    defaults are the official L2G VOC loader's."""
+    group = parser.add_argument_group("input images")
+    group.add_argument("--resize", choices=RESIZE_MODES, default="short_crop",
+                       help="short_crop (official VOC): short side to --short-side, random input-size crop; "
+                            "warp: resize to input-size x input-size")
+    group.add_argument("--short-side", type=int, default=512, help="short side before the crop (default 512)")
+    group.add_argument("--crop-axes", choices=("official", "image"), default="official",
+                       help="official: the crop box drawn as the official loader draws it (left edge over the "
+                            "height, top over the width, black beyond the image); image: inside the image")
+    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False,
+                       help="random horizontal flips (official L2G: none)")
+    group.add_argument("--jitter", type=float, nargs=4, default=[0.3, 0.3, 0.3, 0.1],
+                       metavar=("BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"),
+                       help="colour jitter strengths (official: 0.3 0.3 0.3 0.1; 0 turns one off)")
+    group.add_argument("--image-stats", choices=tuple(IMAGE_STATS), default="imagenet",
+                       help="normalisation mean and std (the official COCO loader uses coco)")
+
+
+def image_options_from_args(args, **extra):
+    if args.short_side < args.input_size and args.resize == "short_crop":
+        raise L2GError(f"--short-side {args.short_side} is smaller than --input-size {args.input_size}")
+    if min(args.jitter) < 0 or args.jitter[3] > 0.5:
+        raise L2GError("--jitter strengths must be >= 0 (hue at most 0.5)")
+    return ImageOptions(resize=args.resize, short_side=args.short_side, crop_axes=args.crop_axes, flip=args.flip,
+                        jitter=tuple(args.jitter), stats=args.image_stats, **extra)
 
 
 def settings_from_args(args):
@@ -91,7 +128,7 @@ def start_training(args, stage):
 def check_settings(s):
     if (s.epochs is None) == (s.iterations is None):
         raise L2GError("give the training budget as --epochs or --iterations, one of them")
-    for name in ("epochs", "iterations", "batch_size", "accumulate", "log_every"):
+    for name in ("epochs", "iterations", "batch_size", "accumulate", "log_every", "poly_step"):
         if getattr(s, name) is not None and getattr(s, name) < 1:
             raise L2GError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
     if s.lr <= 0:
@@ -101,20 +138,29 @@ def check_settings(s):
 
 
 def build_optimizer(models, settings):
-    """SGD over the four official parameter groups of every model (nesterov, as official)."""
+    """SGD over the four parameter groups of every model (1x / 2x / 10x / 20x the base learning
+    rate). A model's `decay_multipliers` scale the weight decay per group: deeplab-pytorch gives
+    the ASPP biases none (DeepLabV2), the L2G classifiers decay every group."""
     groups = []
     for model in models:
-        for params, multiplier in zip(model.param_groups(), LR_MULTIPLIERS):
+        decays = getattr(model, "decay_multipliers", (1.0, 1.0, 1.0, 1.0))
+        for params, multiplier, decay in zip(model.param_groups(), LR_MULTIPLIERS, decays):
             if params:
-                groups.append({"params": params, "lr": settings.lr * multiplier, "base_lr": settings.lr * multiplier})
+                groups.append({"params": params, "lr": settings.lr * multiplier, "base_lr": settings.lr * multiplier,
+                               "weight_decay": settings.weight_decay * decay})
     return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum,
-                           weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
+                           weight_decay=settings.weight_decay, nesterov=settings.nesterov and settings.momentum > 0)
 
 
 def lr_factor(settings, epoch, iteration, total_iterations):
-    """Multiplier of every base learning rate at optimizer update `iteration` of `epoch`."""
+    """Multiplier of every base learning rate at optimizer update `iteration` (0-based) of `epoch`.
+
+    poly: (1 - t / T) ** poly_power with t rounded down to a multiple of poly_step, as
+    deeplab-pytorch's PolynomialLR (step_size 10) and L2G's COCO PolyOptimizer (step 1) compute it.
+    """
     if settings.schedule == "poly":
-        return (1.0 - iteration / total_iterations) ** settings.poly_power
+        step = iteration - iteration % settings.poly_step
+        return (1.0 - step / total_iterations) ** settings.poly_power
     return settings.gamma ** sum(epoch >= e for e in settings.step_epochs)
 
 

@@ -71,3 +71,44 @@ def finished_demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("chain")
     run_snakemake(workdir, "--cores", "2", *FINAL_TARGETS, *(f"results/demo/report/{f}" for f in FIGURES))
     return workdir
+
+
+def deeplab_pytorch_names(state):
+    """Our ResNet-101 DeepLab names -> deeplab-pytorch's (the inverse of the conversion, by hand)."""
+    units = {"conv1": "reduce.conv", "bn1": "reduce.bn", "conv2": "conv3x3.conv", "bn2": "conv3x3.bn",
+             "conv3": "increase.conv", "bn3": "increase.bn", "downsample.0": "shortcut.conv",
+             "downsample.1": "shortcut.bn"}
+    out = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key.startswith("aspp."):
+            out["base." + key] = value
+            continue
+        parts = key.split(".")[1:]  # drop "backbone"
+        if parts[0] in ("conv1", "bn1"):
+            out[f"base.layer1.conv1.{'conv' if parts[0] == 'conv1' else 'bn'}.{parts[1]}"] = value
+            continue
+        layer, block, rest = int(parts[0][5:]), int(parts[1]), ".".join(parts[2:])
+        unit = next(u for u in sorted(units, key=len, reverse=True) if rest.startswith(u + "."))
+        out[f"base.layer{layer + 1}.block{block + 1}.{units[unit]}.{rest[len(unit) + 1:]}"] = value
+    return out
+
+
+def stage_args(stage, section, *extra):
+    """The options a stage receives from a config section, parsed as the workflow passes them."""
+    import shlex
+
+    from l2g_core.cli import build_parser
+    from l2g_core.workflow_support import cli_flags
+
+    flags = cli_flags({k: v for k, v in section.items() if k != "start"})
+    argv = [stage, "--manifest", "m", "--out", "o", *extra, *shlex.split(flags)]
+    return build_parser(modules=[stage]).parse_args(argv)
+
+
+def stage_settings(stage, section):
+    """The training settings (l2g_core.training.TrainSettings) a config section gives a stage."""
+    from l2g_core.training import settings_from_args
+
+    return settings_from_args(stage_args(stage, section, *(["--ground-truth"] if stage == "train-seg" else [])))

@@ -265,7 +265,7 @@ BAD_SETTINGS = {
     "band filling without a band": (lambda d: d["refine"].update(fill_band=True, ignore_band=None, threshold=0.3),
                                     "datasets.demo.refine.fill_band: needs an ignore_band and crf: true"),
     "unknown target background": (lambda d: d["train_l2g"].update(background="sky"),
-                                  "datasets.demo.train_l2g.background: 'sky' is not one of channel, threshold"),
+                                  "datasets.demo.train_l2g.background: 'sky' is not one of channel, channel_score, threshold"),
 }
 
 

@@ -8,6 +8,8 @@ from l2g_core.errors import L2GError
 from l2g_core.models.deeplab import MSC, build_deeplab, convert_deeplab_pytorch, segmentation_loss
 from l2g_core.training import TrainSettings, lr_factor
 
+from conftest import deeplab_pytorch_names
+
 
 @pytest.fixture(scope="module")
 def resnet101():
@@ -63,8 +65,8 @@ def test_loss_ignores_255_pixels():
     changed = logits.clone()
     changed[0, :, :2] += 100.0  # anything on the ignored pixels
     assert torch.allclose(segmentation_loss(changed, labels), loss)
-    # a list (MSC) averages the losses of its maps, each upsampled to the labels
-    assert torch.allclose(segmentation_loss([logits, logits], labels), loss)
+    # a list (MSC) sums the losses of its maps, as deeplab-pytorch's main.py does
+    assert torch.allclose(segmentation_loss([logits, logits], labels), 2 * loss)
 
 
 def test_poly_schedule_over_iterations():
@@ -73,32 +75,10 @@ def test_poly_schedule_over_iterations():
         [1.0, 0.5 ** 0.9, (1 / 20000) ** 0.9])
 
 
-def _deeplab_pytorch_names(state):
-    """Our ResNet-101 DeepLab names -> deeplab-pytorch's (the inverse of the conversion, by hand)."""
-    units = {"conv1": "reduce.conv", "bn1": "reduce.bn", "conv2": "conv3x3.conv", "bn2": "conv3x3.bn",
-             "conv3": "increase.conv", "bn3": "increase.bn", "downsample.0": "shortcut.conv",
-             "downsample.1": "shortcut.bn"}
-    out = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        if key.startswith("aspp."):
-            out["base." + key] = value
-            continue
-        parts = key.split(".")[1:]  # drop "backbone"
-        if parts[0] in ("conv1", "bn1"):
-            out[f"base.layer1.conv1.{'conv' if parts[0] == 'conv1' else 'bn'}.{parts[1]}"] = value
-            continue
-        layer, block, rest = int(parts[0][5:]), int(parts[1]), ".".join(parts[2:])
-        unit = next(u for u in sorted(units, key=len, reverse=True) if rest.startswith(u + "."))
-        out[f"base.layer{layer + 1}.block{block + 1}.{units[unit]}.{rest[len(unit) + 1:]}"] = value
-    return out
-
-
 def test_deeplab_pytorch_checkpoint_loads_with_caffe_conventions(tmp_path, resnet101):
     source = resnet101.state_dict()
     path = tmp_path / "deeplabv1_resnet101-coco.pth"
-    torch.save(_deeplab_pytorch_names(source), path)
+    torch.save(deeplab_pytorch_names(source), path)
     assert set(convert_deeplab_pytorch(torch.load(path))) == {k for k in source if not k.endswith("num_batches_tracked")}
     model = build_deeplab("resnet101", 21, init=str(path))
     assert model.caffe and model.build_args["caffe"]

@@ -175,7 +175,7 @@ def test_cam_export_killed_mid_file_leaves_only_complete_files_and_reruns_to_the
         dataset, straight_cams, tmp_path):
     manifest, classifier = dataset
     out = tmp_path / "cams"
-    killed("numpy:savez", 3, signal.SIGKILL, "mid", export(manifest, classifier, out))
+    killed("numpy:savez_compressed", 3, signal.SIGKILL, "mid", export(manifest, classifier, out))
     finished = sorted(out.glob("*.npz"))
     assert len(finished) == 2 and not (out / "manifest.json").exists()  # incomplete, and says so
     for path in finished:  # every file under its final name is whole

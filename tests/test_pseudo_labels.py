@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from l2g_core.cam_io import cams_to_labels, saliency_as_cams, save_cams
+from l2g_core.cam_io import cams_to_labels, load_cams, saliency_as_cams, save_cams
 from l2g_core.cli import main
 from l2g_core.data.layout import VOCLayout
 from l2g_core.evaluation import confusion, label_names, scores
@@ -51,8 +51,7 @@ def test_scores_written_labels_no_crf_and_saliency_baseline(prepared):
     assert result["miou"] == pytest.approx(scores(written, names)["miou"])
     plain, sal = 0, {t: 0 for t in (0.3, 0.5, 0.7)}
     for i in ids:
-        with np.load(root / f"cams/{i}.npz") as data:
-            cams, classes = data["cams"].astype(np.float32), data["classes"]
+        cams, classes = load_cams(root / f"cams/{i}.npz")
         gt = layout.load_mask(i)
         plain = plain + confusion(gt, cams_to_labels(cams, classes, 0.5), 7)
         for t in sal:

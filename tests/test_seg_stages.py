@@ -65,7 +65,7 @@ def test_crops_are_seeded_padded_with_ignore_and_of_the_crop_size(trained):
     again = crops[0]
     assert torch.equal(sample["image"], again["image"]) and torch.equal(sample["label"], again["label"])
     crops.epoch = 1
-    small = SegmentationCrops(load_manifest(manifest), "train", 16, seed=3)
+    small = SegmentationCrops(load_manifest(manifest), "train", 16, scales=[0.5, 1.0], seed=3)
     assert {tuple(small[i]["label"].shape) for i in range(4)} == {(16, 16)}
 
 

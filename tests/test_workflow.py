@@ -129,20 +129,58 @@ def test_lint_is_clean(tmp_path):
     assert "Lints for" not in result.stdout + result.stderr, result.stdout
 
 
-def test_a_voc_sized_dataset_plans_per_stage_jobs_not_per_image_jobs(tmp_path):
+def voc_sized(tmp_path):
+    """A config whose voc root is a VOC-sized folder of split lists, with its init files in place."""
     root = tmp_path / "VOC2012"
-    (root / "JPEGImages").mkdir(parents=True)
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
     lists = root / "ImageSets/Segmentation"
-    lists.mkdir(parents=True)
+    lists.mkdir(parents=True, exist_ok=True)
     (lists / "train_aug.txt").write_text("".join(f"2007_{i:06d}\n" for i in range(10582)))
     (lists / "val.txt").write_text("".join(f"2008_{i:06d}\n" for i in range(1449)))
     config = tiny_config()
     config["datasets"]["voc"]["root"] = str(root)
+    for init in ("train_cls", "train_seg"):  # a dry run only needs the files to exist
+        path = tmp_path / config["datasets"]["voc"][init]["init"]
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+    return config
+
+
+def test_a_voc_sized_dataset_plans_per_stage_jobs_not_per_image_jobs(tmp_path):
     jobs = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "8", "--resources", "gpu=2", "--",
-                                      "results/voc/miou.json", config=config))
+                                      "results/voc/miou.json", config=voc_sized(tmp_path)))
     assert jobs["export_cams"] == 3 * 4 and jobs["refine"] == 4 and jobs["predict_seg"] == 4
     assert jobs["train_l2g"] == 1  # train_l2g_no_saliency: null, no second L2G run
     assert sum(jobs.values()) < 40
+
+
+def test_voc_l2g_and_control_start_from_the_imagenet_weights_not_stage_1(tmp_path):
+    """Official L2G has no stage 1: both networks start from the ImageNet ResNet-38 (fc8, PCM
+    fresh). The control starts there too; stage 1 still runs, for the plain-CAM baseline."""
+    result = run_snakemake(tmp_path, "-n", "-p", "--cores", "8", "--", "results/voc/cams/miou.json",
+                           "results/voc/control_cams/miou.json", config=voc_sized(tmp_path))
+    commands = [line for line in result.stdout.splitlines() if " l2g train-" in line]
+    for stage in ("train-l2g", "train-cls --manifest results/voc/data/manifest.json  --out results/voc/control"):
+        line = next(c for c in commands if f"l2g {stage}" in c)
+        assert "--init-from" not in line
+        assert "--backbone resnet38" in line and "--init weights/resnet38_imagenet.pt" in line and "--pcm" in line
+    l2g = next(c for c in commands if "l2g train-l2g" in c)
+    assert "--bg-thr 0.001" in l2g and "--roi-align legacy" in l2g and "--no-amp" in l2g
+    stage1 = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "8", "--", "results/voc/l2g/model.pt",
+                                        config=voc_sized(tmp_path)))
+    assert "train_cls" not in stage1 and stage1["train_l2g"] == 1
+
+
+def test_a_null_init_on_voc_is_one_config_error_line(tmp_path):
+    config = voc_sized(tmp_path)
+    config["datasets"]["voc"]["train_cls"]["init"] = None
+    result = run_snakemake(tmp_path, "-n", "--cores", "2", "--", "results/voc/miou.json", config=config, check=False)
+    lines = [line for line in result.stderr.splitlines() if "config error" in line]
+    assert result.returncode == 1 and lines == [
+        "l2g-pipeline: config error: datasets.voc.train_cls.init: null would train resnet38 from random weights; "
+        "set the pretrained weights file (README, PASCAL VOC) or scratch"]
+    config["datasets"]["voc"]["train_cls"]["init"] = "scratch"  # asked for explicitly: accepted
+    assert run_snakemake(tmp_path, "-n", "--cores", "2", "--", "results/voc/miou.json", config=config).returncode == 0
 
 
 def test_gpu_jobs_claim_distinct_devices_and_a_2_gpu_training_runs_ddp(tmp_path):

@@ -1,24 +1,28 @@
 """Torch datasets over a prepared dataset (results/{dataset}/data/manifest.json)."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from l2g_core.data.augment import IMAGE_STATS, apply_jitter, crop_box, draw_jitter, resize_short
+from l2g_core.data.augment import normalise as normalise_array
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import split_ids
 from l2g_core.errors import L2GError
 
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+MEAN, STD = (np.array(v, dtype=np.float32) for v in IMAGE_STATS["imagenet"])
+RESIZE_MODES = ("warp", "short_crop")
 
 
-def normalise(rgb):
-    """uint8 H x W x 3 -> float tensor 3 x H x W with ImageNet mean and std."""
-    return torch.from_numpy(((rgb.astype(np.float32) / 255.0 - MEAN) / STD).transpose(2, 0, 1).copy())
+def normalise(rgb, stats="imagenet"):
+    """uint8 H x W x 3 RGB -> float tensor 3 x H x W, normalised with `stats` (IMAGE_STATS)."""
+    return torch.from_numpy(normalise_array(rgb, stats))
 
 
 def multi_hot(classes, num_classes):
@@ -27,14 +31,36 @@ def multi_hot(classes, num_classes):
     return vector
 
 
-class LabelledImages(Dataset):
-    """Training images resized to input_size x input_size, with multi-hot labels (and saliency).
+@dataclass(frozen=True)
+class ImageOptions:
+    """How the classifier and L2G loaders turn an image (and its saliency) into a training input.
 
-    Augmentation (flip, colour jitter) draws from a generator seeded by (seed, epoch, index), so a
-    sample is the same whatever the worker, order or resumption. Set `epoch` before each epoch.
+    resize: "warp" scales the image to input_size x input_size (bilinear); "short_crop" (the
+    official VOC loader) scales its short side to short_side (bicubic; saliency nearest) and cuts
+    a random input_size crop, drawn as the official code draws it (crop_axes "official") or
+    inside the image ("image"). jitter: (brightness, contrast, saturation, hue) strengths of the
+    official colour jitter. saliency_norm "max" divides each saliency crop by its maximum (official).
+    stats: the normalisation (imagenet, or coco as the official COCO loader).
     """
 
-    def __init__(self, manifest, split, input_size, *, saliency=False, augment=True, seed=0):
+    resize: str = "warp"
+    short_side: int = 512
+    crop_axes: str = "official"
+    flip: bool = False
+    jitter: tuple = (0.3, 0.3, 0.3, 0.1)
+    saliency_norm: str = "max"
+    stats: str = "imagenet"
+
+
+class LabelledImages(Dataset):
+    """Training images at input_size x input_size with multi-hot labels (and saliency), shaped by
+    ImageOptions.
+
+    Every random draw comes from a generator seeded by (seed, epoch, index), so a sample is the
+    same whatever the worker, order or resumption. Set `epoch` before each epoch.
+    """
+
+    def __init__(self, manifest, split, input_size, *, saliency=False, options=ImageOptions(), seed=0):
         self.layout = VOCLayout(manifest["root"])
         self.ids = split_ids(manifest, split)
         labels = json.loads(Path(manifest["labels"]).read_text())
@@ -43,7 +69,7 @@ class LabelledImages(Dataset):
             raise L2GError(f"dataset {manifest['name']} has no saliency maps (Sal/); set use_saliency: false")
         self.input_size = input_size
         self.saliency = saliency
-        self.augment = augment
+        self.options = options
         self.seed = seed
         self.epoch = 0
 
@@ -52,51 +78,63 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, index):
         image_id = self.ids[index]
-        size = (self.input_size, self.input_size)
-        rgb = np.asarray(Image.fromarray(self.layout.load_image(image_id)).resize(size, Image.BILINEAR))
-        sample = {"label": self.labels[index], "index": index}
+        image = Image.fromarray(self.layout.load_image(image_id))
         sal = None
-        if self.saliency:
-            sal = np.asarray(Image.fromarray(self.layout.load_saliency(image_id)).resize(size, Image.BILINEAR))
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            if rng.random() < 0.5:
-                rgb = rgb[:, ::-1]
-                sal = sal[:, ::-1] if sal is not None else None
-            rgb = _colour_jitter(rgb, rng)
-        sample["image"] = normalise(rgb)
+        if self.saliency:  # the 0..255 map as stored, so that resizing sees what the official code sees
+            sal = Image.fromarray(np.rint(self.layout.load_saliency(image_id) * 255).astype(np.uint8))
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image, sal = self.geometry(image, sal, rng)
+        image = apply_jitter(image, draw_jitter(self.options.jitter, rng))
+        sample = {"label": self.labels[index], "index": index, "image": normalise(image, self.options.stats)}
         if sal is not None:
-            sample["saliency"] = torch.from_numpy(np.array(sal, dtype=np.float32))[None]
+            sal = np.asarray(sal, dtype=np.float32) / 255.0
+            if self.options.saliency_norm == "max":
+                sal = sal / (sal.max() + 1e-10)
+            sample["saliency"] = torch.from_numpy(np.ascontiguousarray(sal))[None]
         return sample
 
-
-def _colour_jitter(rgb, rng, strength=0.3):
-    """Brightness, contrast and saturation each scaled by a factor in [1 - s, 1 + s]."""
-    x = rgb.astype(np.float32)
-    brightness, contrast, saturation = rng.uniform(1 - strength, 1 + strength, size=3)
-    x = x * brightness
-    x = (x - x.mean()) * contrast + x.mean()
-    gray = x.mean(axis=2, keepdims=True)
-    x = (x - gray) * saturation + gray
-    return np.clip(x, 0, 255).astype(np.uint8)
+    def geometry(self, image, sal, rng):
+        """Resize (and crop, and flip) the image and its saliency map alike."""
+        o, size = self.options, self.input_size
+        if o.resize == "warp":
+            image = image.resize((size, size), Image.BILINEAR)
+            sal = sal.resize((size, size), Image.BILINEAR) if sal is not None else None
+        else:
+            image = resize_short(image, o.short_side, Image.BICUBIC)
+            box = crop_box(image.size, size, rng, o.crop_axes)
+            image = image.crop(box)
+            if sal is not None:
+                sal = resize_short(sal, o.short_side, Image.NEAREST).crop(box)
+        if o.flip and rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            sal = sal.transpose(Image.FLIP_LEFT_RIGHT) if sal is not None else None
+        return image, sal
 
 
 class SegmentationCrops(Dataset):
-    """DeepLab training samples: image and label map, randomly scaled, cropped and flipped.
+    """DeepLab training samples as deeplab-pytorch's _BaseDataset._augmentation makes them.
 
     labels_dir: a folder of label PNGs ID.png (pseudo labels), or None for the ground truth masks.
-    Each sample is scaled by a factor drawn from `scale_range` (image bilinear, labels nearest),
-    padded to at least crop_size (image with the mean, i.e. 0 after normalisation; labels with
-    255, ignored) and cropped to crop_size x crop_size at a random place, then flipped half the
-    time. The draws come from a generator seeded by (seed, epoch, index), as in LabelledImages.
+    Each sample is scaled by a factor drawn from `scales` (deeplab-pytorch: one of 0.5 ... 1.5) or,
+    with `scale_range`, uniformly from that range, to int(side * factor) pixels (image bilinear,
+    half-pixel centres as cv2.INTER_LINEAR; labels nearest), padded at the bottom and right to at
+    least crop_size (image with `pad_rgb`, the mean the model subtracts, so padding is 0 to it;
+    labels with 255, ignored), cropped to crop_size x crop_size at a random place and flipped half
+    the time; only the crop is normalised. The draws come from a generator seeded by (seed, epoch,
+    index), as in LabelledImages.
     """
 
-    def __init__(self, manifest, split, crop_size, *, labels_dir=None, scale_range=(0.5, 1.5), seed=0):
+    def __init__(self, manifest, split, crop_size, *, labels_dir=None, scales=None, scale_range=None,
+                 pad_rgb=tuple(255 * MEAN), seed=0):
+        if (scales is None) == (scale_range is None):
+            raise ValueError("give scales or scale_range, one of them")
         self.layout = VOCLayout(manifest["root"])
         self.ids = split_ids(manifest, split)
         self.labels_dir = Path(labels_dir) if labels_dir is not None else None
         self.crop_size = crop_size
-        self.scale_range = tuple(scale_range)
+        self.scales = scales
+        self.scale_range = scale_range
+        self.pad_rgb = torch.tensor(pad_rgb, dtype=torch.float32)[:, None, None]
         self.seed = seed
         self.epoch = 0
 
@@ -114,6 +152,11 @@ class SegmentationCrops(Dataset):
         except OSError as error:
             raise L2GError(f"{path}: cannot read label map ({error})") from None
 
+    def draw_scale(self, rng):
+        if self.scales is not None:
+            return float(self.scales[rng.integers(len(self.scales))])
+        return float(rng.uniform(*self.scale_range))
+
     def __getitem__(self, index):
         image_id = self.ids[index]
         rgb, label = self.layout.load_image(image_id), self.load_label(image_id)
@@ -121,18 +164,21 @@ class SegmentationCrops(Dataset):
             raise L2GError(f"{self.label_path(image_id)}: label map is {label.shape[1]}x{label.shape[0]}, "
                            f"its image {rgb.shape[1]}x{rgb.shape[0]}")
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        scale = rng.uniform(*self.scale_range)
-        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-        image = normalise(np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR)))
-        label = torch.from_numpy(np.asarray(Image.fromarray(label).resize(size, Image.NEAREST), dtype=np.int64))
+        scale = self.draw_scale(rng)
+        size = (max(1, int(rgb.shape[0] * scale)), max(1, int(rgb.shape[1] * scale)))
+        image = torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32))
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        label = torch.from_numpy(np.asarray(Image.fromarray(label).resize(size[::-1], Image.NEAREST), dtype=np.int64))
         c = self.crop_size
-        pad_h, pad_w = max(0, c - label.shape[0]), max(0, c - label.shape[1])
+        pad_h, pad_w = max(0, c - size[0]), max(0, c - size[1])
         if pad_h or pad_w:
-            image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=0.0)
-            label = torch.nn.functional.pad(label, (0, pad_w, 0, pad_h), value=255)
+            image = F.pad(image - self.pad_rgb, (0, pad_w, 0, pad_h), value=0.0) + self.pad_rgb
+            label = F.pad(label, (0, pad_w, 0, pad_h), value=255)
         top = int(rng.integers(0, label.shape[0] - c + 1))
         left = int(rng.integers(0, label.shape[1] - c + 1))
         image, label = image[:, top:top + c, left:left + c], label[top:top + c, left:left + c]
         if rng.random() < 0.5:
             image, label = image.flip(-1), label.flip(-1)
+        mean, std = (torch.tensor(v, dtype=torch.float32)[:, None, None] for v in IMAGE_STATS["imagenet"])
+        image = (image / 255.0 - mean) / std
         return {"image": image.contiguous(), "label": label.contiguous(), "index": index}

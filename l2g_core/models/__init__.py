@@ -89,5 +89,7 @@ def build_classifier(
         "num_classes": int(num_classes),
         "pcm": bool(pcm),
         "output_stride": int(output_stride),
+        # a classifier rebuilt from its file (model_io) is frozen exactly as it was trained
+        "freeze": bool(model.frozen),
     }
     return model

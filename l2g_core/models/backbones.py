@@ -9,7 +9,7 @@ correlation module of the classifier uses, as the official L2G ResNet-38 uses ``
 
 Inputs are RGB images normalised with the ImageNet mean and std.
 
-Initialisation (``init``): ``None`` (random), the name of torchvision ImageNet weights
+Initialisation (``init``): ``None`` or ``"scratch"`` (random), the name of torchvision ImageNet weights
 (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``, ``"DEFAULT"``; ResNet-50/101 only; fetched through the
 torch hub cache, so they work where the cache or the internet has them), or the path of a local
 torch checkpoint (see :mod:`l2g_core.models.checkpoint`) holding at least the backbone's
@@ -42,7 +42,7 @@ _WEIGHTS_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 
 def resolve_init(init) -> tuple[str, object]:
     """Classify ``init``: ``("none", None)``, ``("path", Path)`` or ``("torchvision", name)``."""
-    if init is None:
+    if init is None or init == "scratch":  # scratch: random weights, asked for explicitly
         return "none", None
     if isinstance(init, (str, os.PathLike)):
         path = Path(init)
@@ -73,10 +73,11 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)["out"]
 
-    def freeze_pretrained(self) -> None:
-        """Freeze the stem (``frozen_names``) and all BatchNorm layers (statistics and affine)."""
+    def freeze_pretrained(self, stem: bool = True) -> None:
+        """Freeze all BatchNorm layers (statistics and affine) and, with ``stem``, the modules of
+        ``frozen_names`` (the official L2G classifiers freeze both; deeplab-pytorch trains its stem)."""
         self.frozen = True
-        for name in self.frozen_names:
+        for name in self.frozen_names if stem else ():
             for p in getattr(self, name).parameters():
                 p.requires_grad_(False)
         for m in self.modules():

@@ -25,15 +25,27 @@ Initialisation (``init`` of :func:`build_deeplab`), documented for users in the 
 
 Checkpoints trained on PASCAL VOC val (DeepLab's ``train2_iter_20000``: train2 = trainval_aug)
 are refused (:func:`refuse_val_trained`): a val mIoU of a model started from them is inflated.
+For a COCO dataset the COCO-pretrained DeepLab (``deeplabv1_resnet101-coco.pth``, trained on COCO
+masks) is refused for the same reason (:func:`refuse_coco_trained`); deeplab-pytorch's COCO recipe
+starts from ImageNet (``deeplabv1_resnet101-imagenet.pth``).
+
+As deeplab-pytorch trains it (``main.py``, ``libs/models/resnet.py``): a pretrained backbone keeps
+every BatchNorm frozen but trains its stem convolution; the first block of a dilated stage has the
+stage's dilation (torchvision gives it the previous one); SGD groups 1x (backbone), 10x (ASPP
+weights) and 20x (ASPP biases, no weight decay); the MSC losses are summed, each against the
+labels resized (nearest) to its logits (:func:`segmentation_loss`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from l2g_core.data.torch_data import MEAN as IMAGENET_MEAN, STD as IMAGENET_STD  # what normalise() applies
@@ -67,6 +79,9 @@ class ASPP(nn.Module):
 
 class DeepLabV2(nn.Module):
     """Backbone + ASPP; ``caffe=True`` feeds the backbone Caffe-style input (see module doc)."""
+
+    #: weight decay per parameter group: deeplab-pytorch gives the ASPP biases (20x) none.
+    decay_multipliers = (1.0, 1.0, 1.0, 0.0)
 
     def __init__(self, backbone: Backbone, num_labels: int, rates=DEFAULT_RATES, caffe: bool = False):
         super().__init__()
@@ -112,17 +127,53 @@ class MSC(nn.Module):
         fused = torch.stack([logits, *resized]).amax(dim=0)
         return [logits, *pyramid, fused] if self.training else fused
 
+    decay_multipliers = DeepLabV2.decay_multipliers
+
     def param_groups(self):
         return self.base.param_groups()
 
 
-def segmentation_loss(outputs, labels, ignore_index=255):
-    """Cross entropy of one logit map or a list of them (MSC), each upsampled to the labels."""
+LOSS_RESOLUTIONS = ("logits", "labels")
+
+
+@functools.lru_cache(maxsize=64)
+def nearest_indices(size_in, size_out):
+    """The source index of each of `size_out` samples when PIL's NEAREST resizes `size_in` of them.
+
+    deeplab-pytorch resizes the labels with PIL; PIL's fixed-point arithmetic picks a different
+    neighbour than torch's 'nearest-exact' for a few percent of the pixels, so the indices are
+    taken from PIL itself (resizing an image of its own row numbers) and reused on any device."""
+    ramp = Image.fromarray(np.arange(size_in, dtype=np.float32)[:, None])
+    picked = np.asarray(ramp.resize((1, size_out), resample=Image.NEAREST))[:, 0]
+    return torch.from_numpy(picked.astype(np.int64))
+
+
+def resize_labels(labels, size):
+    """Label maps (B, H, W) resized to `size` exactly as deeplab-pytorch's resize_labels (PIL
+    NEAREST), without leaving the labels' device."""
+    (height, width), (out_h, out_w) = labels.shape[-2:], size
+    rows = nearest_indices(height, out_h).to(labels.device)
+    cols = nearest_indices(width, out_w).to(labels.device)
+    return labels.index_select(-2, rows).index_select(-1, cols)
+
+
+def segmentation_loss(outputs, labels, ignore_index=255, resolution="logits"):
+    """Cross entropy of one logit map or the sum over a list of them (MSC: every scale and their
+    maximum), as deeplab-pytorch's main.py sums it.
+
+    resolution "logits" (deeplab-pytorch): the labels are resized (nearest) to each logit map;
+    "labels": each logit map is upsampled (bilinear) to the labels, a loss at full resolution.
+    """
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    losses = [F.cross_entropy(F.interpolate(o.float(), size=labels.shape[-2:], mode="bilinear",
-                                            align_corners=False), labels, ignore_index=ignore_index)
-              for o in outputs]
-    return sum(losses) / len(losses)
+    total = 0.0
+    for logits in outputs:
+        logits = logits.float()
+        if resolution == "logits":
+            total = total + F.cross_entropy(logits, resize_labels(labels, logits.shape[-2:]), ignore_index=ignore_index)
+        else:
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            total = total + F.cross_entropy(logits, labels, ignore_index=ignore_index)
+    return total
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -184,6 +235,27 @@ def convert_deeplab_pytorch(state_dict) -> dict:
     return out
 
 
+#: File names of DeepLab weights trained on COCO masks (deeplab-pytorch's COCO-pretrained init).
+COCO_TRAINED_NAMES = re.compile(r"coco", re.IGNORECASE)
+
+
+def refuse_coco_trained(path, dataset_kind):
+    """L2GError when a COCO dataset would start DeepLab from weights trained on COCO masks."""
+    if dataset_kind == "coco" and path is not None and COCO_TRAINED_NAMES.search(Path(str(path)).name):
+        raise L2GError(f"{path}: refusing to initialise DeepLab from it for a COCO dataset: its name says it "
+                       "was trained on COCO segmentation masks, a supervision leak; use the ImageNet init "
+                       "(deeplab-pytorch's deeplabv1_resnet101-imagenet.pth) as coco_resnet_dplv2.yaml does")
+
+
+def dilate_first_blocks(backbone) -> None:
+    """Give the first block of each dilated stage its stage's dilation, as DeepLab-v2 does
+    (deeplab-pytorch _ResLayer: every block of layer4/layer5 at 2/4); torchvision keeps the
+    previous stage's dilation in that block."""
+    for layer in (backbone.layer3, backbone.layer4):
+        dilation = layer[-1].conv2.dilation
+        layer[0].conv2.dilation = layer[0].conv2.padding = dilation
+
+
 def make_caffe_resnet(backbone) -> None:
     """Turn a torchvision ResNet into the Caffe one DeepLab's weights were trained in: the stride
     of a stage's first block sits on its 1x1 ``conv1`` (torchvision puts it on the 3x3 ``conv2``),
@@ -222,7 +294,9 @@ def build_deeplab(backbone: str, num_labels: int, *, rates=DEFAULT_RATES, msc_sc
                        f"not {backbone}")
     caffe = dlp if caffe is None else caffe
     body = build_backbone(backbone, init=value if kind == "torchvision" else None,
-                          output_stride=output_stride, freeze=kind == "torchvision" and freeze_bn)
+                          output_stride=output_stride, freeze=False)
+    if backbone != "small":
+        dilate_first_blocks(body)
     if caffe:
         make_caffe_resnet(body)
     model = DeepLabV2(body, num_labels, rates, caffe=caffe)
@@ -230,8 +304,8 @@ def build_deeplab(backbone: str, num_labels: int, *, rates=DEFAULT_RATES, msc_sc
         _load_deeplab_pytorch(model, convert_deeplab_pytorch(state), source=str(value))
     elif state is not None:  # backbone parameters under our names; classifier heads ignored
         load_state_dict_checked(body, state, source=str(value), ignore_unexpected=HEAD_PREFIXES)
-    if state is not None and freeze_bn:
-        body.freeze_pretrained()
+    if kind != "none" and freeze_bn:  # deeplab-pytorch: BatchNorm frozen, the stem trained
+        body.freeze_pretrained(stem=False)
     if msc_scales:
         model = MSC(model, msc_scales)
     model.build_args = {"backbone": backbone, "num_labels": int(num_labels), "rates": [int(r) for r in rates],

@@ -1,22 +1,29 @@
 """`l2g export-cams`: multi-scale, flipped CAMs of a trained classifier, one file per image.
 
-Images of the same size are batched, and each scale runs once for the batch and its mirror
-image together. The CAMs of the present classes (image-level labels) are ReLU'd, resized to
-the original image size, summed over scales and flips, and divided by their maximum.
+The official computation (PengtaoJiang/L2G scripts/test_l2g_voc.py with VOCDatasetMSF_l2g):
+each scale s is the image resized to round(s * side) with PIL's bicubic filter, fed with its
+mirror image; every CAM channel is resized back to the image size (bicubic), un-mirrored and
+averaged over all scales and flips; ReLU comes after the average; each channel is divided by its
+maximum (+1e-8) and the present classes' maps are kept. Images of the same size are batched.
+The maps are stored as the official code writes them, rounded to 1/255 (l2g_core.cam_io).
 """
 
 import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from l2g_core.cam_io import cam_path, save_cams
+from l2g_core.data.augment import normalise
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
-from l2g_core.inference import image_batches, multiscale_sum
+from l2g_core.inference import size_batches
 from l2g_core.model_io import load_classifier
 from l2g_core.runtime import setup_runtime
 from l2g_core.shards import describe_shard, parse_shard, shard_ids, start_output, write_manifest
@@ -34,24 +41,49 @@ def configure(parser):
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cuda or cpu")
 
 
-def multiscale_cams(model, images, scales, flip):
-    """Summed foreground CAMs (B, C, H, W) of a batch of equal-size images (B, 3, H, W)."""
-    return multiscale_sum(lambda batch: F.relu(model(batch)["cams"][:, :-1].float()), images, scales, flip)
+def scaled_inputs(images, scale, stats):
+    """uint8 images (B, H, W, 3) of one size -> normalised (B, 3, h, w) at `scale`, PIL bicubic."""
+    height, width = images.shape[1:3]
+    size = (int(round(width * scale)), int(round(height * scale)))
+    scaled = [np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC)) if scale != 1 else image
+              for image in images]
+    return torch.from_numpy(np.stack([normalise(image, stats) for image in scaled]))
 
 
-def present_cams(summed, classes):
-    """The maps of the present classes (mask indices), each divided by its maximum."""
-    maps = summed[[c - 1 for c in classes]]
-    peak = maps.reshape(len(classes), -1).max(axis=1)[:, None, None] if len(classes) else 0
-    return maps / (peak + 1e-5)
+@torch.no_grad()
+def multiscale_cams(model, images, scales, flip, stats="imagenet"):
+    """Normalised CAMs (B, C+1, H, W), background last, of uint8 images (B, H, W, 3) of one size:
+    the mean over scales and flips of the raw CAMs resized to the image size (bicubic), then
+    ReLU and each map divided by its maximum, as the official test_l2g_voc.py computes them."""
+    device = next(model.parameters()).device
+    count, height, width = len(images), images.shape[1], images.shape[2]
+    total, maps = 0, 0
+    for scale in scales:
+        batch = scaled_inputs(images, scale, stats).to(device)
+        if flip:
+            batch = torch.cat([batch, batch.flip(-1)])
+        cams = F.interpolate(model(batch)["cams"].float(), size=(height, width), mode="bicubic", align_corners=False)
+        if flip:
+            cams = cams[:count] + cams[count:].flip(-1)
+        total = total + cams
+        maps += 2 if flip else 1
+    cams = F.relu(total / maps)
+    return cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-8)
 
 
-def image_cams(model, layout, ids, labels, scales, flip, batch_size, device):
-    """(id, CAMs of the present classes (K, H, W), classes) of every image, batched by size."""
-    for batch_ids, images in image_batches(layout, ids, batch_size, device):
-        summed = multiscale_cams(model, images, scales, flip).cpu().numpy()
-        for image_id, maps in zip(batch_ids, summed):
-            yield image_id, present_cams(maps, labels[image_id]), labels[image_id]
+def image_cams(model, layout, ids, labels, scales, flip, batch_size, stats="imagenet"):
+    """(id, CAMs of the present classes (K, H, W) float32, classes) of every image, batched by size."""
+    for batch_ids in size_batches(layout, ids, batch_size):
+        images = np.stack([layout.load_image(i) for i in batch_ids])
+        cams = multiscale_cams(model, images, scales, flip, stats).cpu().numpy()
+        for image_id, maps in zip(batch_ids, cams):
+            classes = labels[image_id]
+            yield image_id, maps[[c - 1 for c in classes]], classes
+
+
+def model_image_stats(state):
+    """The normalisation a classifier was trained with (its settings), ImageNet's by default."""
+    return state.get("settings", {}).get("image_stats") or "imagenet"
 
 
 def run(args):
@@ -72,7 +104,7 @@ def run(args):
     out = Path(args.out)
     own_manifest = start_output(out, shard)
     files = {}
-    cams = image_cams(model, layout, ids, labels, args.scales, args.flip, args.batch_size, runtime.device)
+    cams = image_cams(model, layout, ids, labels, args.scales, args.flip, args.batch_size, model_image_stats(state))
     for image_id, maps, classes in tqdm(cams, total=len(ids), desc="export-cams", unit="img", mininterval=2.0):
         path = cam_path(out, image_id)
         save_cams(path, maps, classes)

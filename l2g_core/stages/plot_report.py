@@ -146,17 +146,18 @@ def choose_ids(ids, labels, count):
 
 
 def report_cams(model_path, layout, ids, labels, class_names, export_settings, device):
-    """{id: (cams (K, H, W) float32, classes)} as `l2g export-cams` makes them (float16 files)."""
+    """{id: (cams (K, H, W) float32, classes)} as `l2g export-cams` writes them (1/255 steps)."""
+    from l2g_core.cam_io import quantise
     from l2g_core.model_io import load_classifier
     from l2g_core.runtime import setup_runtime
-    from l2g_core.stages.export_cams import image_cams
+    from l2g_core.stages.export_cams import image_cams, model_image_stats
 
     runtime = setup_runtime(device)
-    model, _ = load_classifier(model_path, class_names=class_names)
+    model, state = load_classifier(model_path, class_names=class_names)
     model.to(runtime.device).eval()
     cams = image_cams(model, layout, ids, labels, export_settings["scales"], export_settings["flip"], 8,
-                      runtime.device)
-    return {image_id: (maps.astype(np.float16).astype(np.float32), np.asarray(classes, dtype=np.int64))
+                      model_image_stats(state))
+    return {image_id: (quantise(maps).astype(np.float32) / 255.0, np.asarray(classes, dtype=np.int64))
             for image_id, maps, classes in cams}
 
 

@@ -1,20 +1,28 @@
 """`l2g train-cls`: stage 1, the CAM classifier trained on image-level labels."""
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from l2g_core.data.torch_data import LabelledImages
 from l2g_core.errors import L2GError
 from l2g_core.model_io import load_classifier, save_classifier
 from l2g_core.models import BACKBONES, build_classifier, classification_loss
-from l2g_core.training import Trainer, add_training_arguments, start_training
+from l2g_core.training import (
+    Trainer,
+    add_image_arguments,
+    add_training_arguments,
+    image_options_from_args,
+    start_training,
+)
 
 
 def add_model_arguments(parser):
     group = parser.add_argument_group("model")
     group.add_argument("--backbone", choices=BACKBONES, default="small", help="backbone network")
     group.add_argument("--init", default=None,
-                       help="backbone weights: a torchvision weights name (IMAGENET1K_V1) or a checkpoint path")
+                       help="backbone weights: a checkpoint path (e.g. the ImageNet ResNet-38 from l2g "
+                            "convert-weights), a torchvision weights name (IMAGENET1K_V1), or scratch (random)")
     group.add_argument("--pcm", action=argparse.BooleanOptionalAction, default=False, help="pixel correlation module of the official model")
     group.add_argument("--output-stride", type=int, choices=(8, 16), default=8, help="feature stride")
 
@@ -22,28 +30,41 @@ def add_model_arguments(parser):
 def configure(parser):
     parser.add_argument("--manifest", required=True, help="results/{dataset}/data/manifest.json")
     parser.add_argument("--out", required=True, help="model file to write (results/{dataset}/cls/model.pt)")
-    parser.add_argument("--input-size", type=int, required=True, help="training images are resized to this square")
+    parser.add_argument("--input-size", type=int, required=True, help="side of the square training input")
     parser.add_argument("--init-from", default=None,
                         help="continue from a classifier file (model options are then taken from it); "
-                             "the control run of the CAM stage trains stage 1 on this way")
+                             "the control run of the CAM stage starts this way where L2G starts from stage 1")
     add_model_arguments(parser)
+    add_image_arguments(parser)
     add_training_arguments(parser)
+
+
+def build_or_load(args, manifest):
+    """The classifier a training stage starts from: the one in --init-from (frozen as it was
+    trained), or a new one with fresh CAM layers on the backbone weights of --init."""
+    if args.init_from:
+        return load_classifier(args.init_from, class_names=manifest["class_names"])[0]
+    return build_classifier(args.backbone, manifest["num_classes"], pcm=args.pcm, init=args.init,
+                            output_stride=args.output_stride)
+
+
+def init_file(init):
+    """The --init file whose bytes a checkpoint's fingerprint must cover (None: a weights name)."""
+    return init if init and Path(init).is_file() else None
 
 
 def run(args):
     if args.input_size < 32:
         raise L2GError(f"--input-size must be at least 32, got {args.input_size}")
+    images = image_options_from_args(args)
     manifest, settings, runtime = start_training(args, "train-cls")
-    if args.init_from:
-        model, _ = load_classifier(args.init_from, class_names=manifest["class_names"])
-    else:
-        model = build_classifier(args.backbone, manifest["num_classes"], pcm=args.pcm, init=args.init,
-                                 output_stride=args.output_stride)
-    dataset = LabelledImages(manifest, "train", args.input_size, seed=settings.seed)
+    model = build_or_load(args, manifest)
+    dataset = LabelledImages(manifest, "train", args.input_size, options=images, seed=settings.seed)
     describe = {"stage": "cls", "model": model.build_args, "init": args.init, "input_size": args.input_size,
-                "init_from": str(Path(args.init_from).resolve()) if args.init_from else None}
+                "init_from": str(Path(args.init_from).resolve()) if args.init_from else None,
+                "image_options": asdict(images), "image_stats": images.stats}
     trainer = Trainer({"model": model}, dataset, settings, runtime, Path(args.out).parent, describe,
-                      inputs=[args.manifest, args.init_from])
+                      inputs=[args.manifest, args.init_from, init_file(args.init)])
 
     def step(batch, generator):
         out = trainer.wrapped["model"](batch["image"])

@@ -1,9 +1,11 @@
 """`l2g train-l2g`: stage 2, local-to-global attention transfer (L2G).
 
 A global network sees the whole image, a local network sees `num_crops` crops of it (four in the
-corners, the rest random, as the official VOC loader draws them); both start from the stage-1
-classifier. The local CAMs on the crops become targets (l2g_core.l2g) that the global CAMs under
-the same boxes are pulled to. Only the global network is used afterwards.
+corners, the rest random, as the official VOC loader draws them). As in the official code, both
+start from the backbone weights of --init (the ImageNet ResNet-38) with fresh CAM and PCM layers;
+--init-from starts both from a classifier file instead (the stage-1 classifier). The local CAMs
+on the crops become targets (l2g_core.l2g) that the global CAMs under the same boxes are pulled
+to. Only the global network is used afterwards.
 """
 
 import argparse
@@ -13,16 +15,28 @@ import torch.nn.functional as F
 
 from l2g_core.data.torch_data import LabelledImages
 from l2g_core.errors import L2GError
-from l2g_core.l2g import align_global, crop_batch, local_targets, sample_boxes, transfer_loss
-from l2g_core.model_io import load_classifier, save_classifier
+from l2g_core.l2g import ROI_ALIGN_MODES, align_global, crop_batch, local_targets, sample_boxes, transfer_loss
+from l2g_core.model_io import save_classifier
 from l2g_core.models import classification_loss
-from l2g_core.training import Trainer, add_training_arguments, start_training
+from l2g_core.stages.train_cls import add_model_arguments, build_or_load, init_file
+from l2g_core.training import (
+    Trainer,
+    add_image_arguments,
+    add_training_arguments,
+    image_options_from_args,
+    start_training,
+)
+
+BACKGROUNDS = ("channel", "channel_score", "threshold", "saliency", "complement")
 
 
 def configure(parser):
     parser.add_argument("--manifest", required=True, help="results/{dataset}/data/manifest.json")
-    parser.add_argument("--init-from", required=True, help="stage-1 classifier (results/{dataset}/cls/model.pt)")
+    parser.add_argument("--init-from", default=None,
+                        help="start both networks from this classifier (results/{dataset}/cls/model.pt) "
+                             "instead of fresh ones on --init (the official start)")
     parser.add_argument("--out", required=True, help="model file to write (results/{dataset}/l2g/model.pt)")
+    add_model_arguments(parser)
     group = parser.add_argument_group("L2G")
     group.add_argument("--input-size", type=int, required=True, help="global input: images resized to this square")
     group.add_argument("--crop-size", type=int, required=True, help="side of each local crop, in input pixels")
@@ -35,14 +49,27 @@ def configure(parser):
                        help="gate the targets with the saliency maps (Sal/); off: background from the CAM")
     group.add_argument("--global-cls-weight", type=float, default=0.0,
                        help="weight of the global network's classification loss (0 = official: computed, never added)")
-    group.add_argument("--background", choices=("channel", "threshold", "saliency", "complement"), default="channel",
+    group.add_argument("--background", choices=BACKGROUNDS, default="channel",
                        help="background of the targets: the local network's own background channel "
-                            "(official), the constant --bg-score, the saliency map alone (1 - saliency), "
-                            "or 1 - the winning class's score (times the saliency with --use-saliency)")
+                            "(official VOC), the same keeping its score (official COCO), the constant "
+                            "--bg-score, the saliency map alone (1 - saliency), or 1 - the winning class's "
+                            "score (times the saliency with --use-saliency)")
     group.add_argument("--bg-score", type=float, default=0.3,
                        help="background score with --background threshold (CAM threshold)")
+    group.add_argument("--bg-thr", type=float, default=1e-3,
+                       help="with saliency, a winning score at or below this gives no target (official "
+                            "bg_thr: VOC 0.001, COCO 0.1)")
     group.add_argument("--ignore-empty", action=argparse.BooleanOptionalAction, default=False,
                        help="leave pixels whose target is all zero out of the transfer loss (official: kept)")
+    group.add_argument("--roi-align", choices=ROI_ALIGN_MODES, default="legacy",
+                       help="legacy (official): torchvision's aligned=False sampling, half a feature "
+                            "pixel off; aligned: feature pixel centres")
+    group.add_argument("--saliency-resize", choices=("nearest", "area"), default="nearest",
+                       help="saliency crops to the CAM size: nearest (official F.interpolate default) "
+                            "or area (the mean of each cell)")
+    group.add_argument("--saliency-norm", choices=("max", "none"), default="max",
+                       help="divide each saliency map by its maximum (official) or keep it as stored")
+    add_image_arguments(parser)
     add_training_arguments(parser)
 
 
@@ -61,7 +88,8 @@ def check_args(args):
 
 def l2g_losses(net_g, net_l, batch, boxes, options, stride):
     """The loss terms of one L2G step on `batch` with crop `boxes`; `options` holds num_crops,
-    use_saliency, background, bg_score, kd_weight, ignore_empty and global_cls_weight."""
+    use_saliency, saliency_resize, background, bg_score, bg_thr, roi_align, kd_weight,
+    ignore_empty and global_cls_weight."""
     images, labels = batch["image"], batch["label"]
     boxes = boxes.to(images.device)
     out_g = net_g(images)
@@ -70,10 +98,10 @@ def l2g_losses(net_g, net_l, batch, boxes, options, stride):
     crop_labels = labels.repeat_interleave(options.num_crops, dim=0)
     saliency = None
     if options.use_saliency:
-        saliency = F.interpolate(crop_batch(batch["saliency"], boxes), size=size, mode="area")
+        saliency = F.interpolate(crop_batch(batch["saliency"], boxes), size=size, mode=options.saliency_resize)
     targets = local_targets(out_l["cams"].detach().float(), crop_labels, saliency,
-                            background=options.background, bg_score=options.bg_score)
-    probs = align_global(out_g["cams"].float(), boxes, size, stride)
+                            background=options.background, bg_score=options.bg_score, bg_thr=options.bg_thr)
+    probs = align_global(out_g["cams"].float(), boxes, size, stride, options.roi_align)
     kd = options.kd_weight * transfer_loss(probs, targets, ignore_empty=options.ignore_empty)
     cls_local = classification_loss(out_l["logits"].float(), crop_labels)
     cls_global = classification_loss(out_g["logits"].float(), labels)
@@ -81,20 +109,27 @@ def l2g_losses(net_g, net_l, batch, boxes, options, stride):
     return {"loss": loss, "kd": kd, "cls_local": cls_local, "cls_global": cls_global}
 
 
+L2G_OPTIONS = ("input_size", "crop_size", "num_crops", "crop_layout", "kd_weight", "use_saliency",
+               "global_cls_weight", "background", "bg_score", "bg_thr", "ignore_empty", "roi_align",
+               "saliency_resize", "saliency_norm", "resize", "short_side", "crop_axes", "flip", "jitter",
+               "image_stats")
+
+
 def run(args):
     check_args(args)
+    images = image_options_from_args(args, saliency_norm=args.saliency_norm)
     manifest, settings, runtime = start_training(args, "train-l2g")
-    global_net, _ = load_classifier(args.init_from, class_names=manifest["class_names"])
-    local_net, _ = load_classifier(args.init_from, class_names=manifest["class_names"])
+    global_net = build_or_load(args, manifest)
+    local_net = build_or_load(args, manifest)
     if args.crop_size % global_net.stride:
         raise L2GError(f"--crop-size {args.crop_size} must be a multiple of the feature stride {global_net.stride}")
-    dataset = LabelledImages(manifest, "train", args.input_size, saliency=args.use_saliency, seed=settings.seed)
-    l2g_options = {k: getattr(args, k) for k in ("input_size", "crop_size", "num_crops", "crop_layout", "kd_weight",
-                                                 "use_saliency", "global_cls_weight", "background", "bg_score",
-                                                 "ignore_empty")}
-    describe = {"stage": "l2g", "init_from": str(Path(args.init_from).resolve()), **l2g_options}
+    dataset = LabelledImages(manifest, "train", args.input_size, saliency=args.use_saliency, options=images,
+                             seed=settings.seed)
+    start = {"init_from": str(Path(args.init_from).resolve())} if args.init_from else \
+        {"model": global_net.build_args, "init": args.init}
+    describe = {"stage": "l2g", **start, **{k: getattr(args, k) for k in L2G_OPTIONS}}
     trainer = Trainer({"global": global_net, "local": local_net}, dataset, settings, runtime,
-                      Path(args.out).parent, describe, inputs=[args.manifest, args.init_from])
+                      Path(args.out).parent, describe, inputs=[args.manifest, args.init_from, init_file(args.init)])
     net_g, net_l = trainer.wrapped["global"], trainer.wrapped["local"]
 
     def step(batch, generator):

@@ -1,5 +1,7 @@
 # Config validation, wildcard constraints, input functions and job settings shared by every rule.
+import re
 import sys
+from pathlib import Path
 
 from l2g_core.config import l2g_runs, require_root, validate_config
 from l2g_core.errors import L2GError
@@ -28,10 +30,13 @@ SYNTHETIC = [name for name, ds in DATASETS.items() if ds["kind"] == "synthetic"]
 CAM_MODELS = {"cls_cams": "cls", "control_cams": "control", "cams": "l2g", "no_saliency_cams": "l2g_no_saliency"}
 # The L2G runs: {model folder: config section of its options}.
 L2G_RUNS = {"l2g": "train_l2g", "l2g_no_saliency": "train_l2g_no_saliency"}
-# The control run trains like stage 2 (same budget, batch, schedule, input), with no transfer loss.
-CONTROL_KEYS = ("input_size", "epochs", "iterations", "batch_size", "lr", "weight_decay", "momentum",
-                "schedule", "step_epochs", "gamma", "poly_power", "accumulate", "seed", "workers", "amp",
-                "log_every")
+# The control run trains like stage 2 (same start, budget, batch, schedule, inputs), with no
+# transfer loss: an L2G gain over it is not more training.
+CONTROL_KEYS = ("input_size", "epochs", "iterations", "batch_size", "lr", "weight_decay", "momentum", "nesterov",
+                "schedule", "step_epochs", "gamma", "poly_power", "poly_step", "accumulate", "seed", "workers",
+                "amp", "log_every", "resize", "short_side", "crop_axes", "flip", "jitter", "image_stats")
+# The model options of stage 1 that an L2G run with start: pretrained (official) builds on.
+MODEL_KEYS = ("backbone", "init", "pcm", "output_stride")
 # DeepLab on the pseudo labels, and the fully supervised reference on the ground truth.
 SEG_MODELS = ("seg", "supervised")
 # Per-image output folders made in shards, and the split each covers.
@@ -121,18 +126,65 @@ def stage_options(option, stages):
     return lambda wc, input: " ".join(f"--{option} {stage}={input[f'score_{stage}']}" for stage in stages(wc.dataset))
 
 
-def l2g_flags(wildcards):
+def l2g_options(wildcards):
     """The options of the job's L2G run (l2g_runs: the no-saliency run's on top of train_l2g's)."""
     runs = l2g_runs(DATASETS[wildcards.dataset])
     section = L2G_RUNS[wildcards.l2g]
     if section not in runs:
         fail(f"datasets.{wildcards.dataset}.{section} is not set: no L2G run without saliency")
-    return cli_flags(runs[section])
+    return runs[section]
+
+
+def from_stage1(dataset):
+    """Whether stage 2 (L2G and the control) starts from the stage-1 classifier."""
+    return DATASETS[dataset]["train_l2g"].get("start", "pretrained") == "stage1"
+
+
+def start_options(dataset):
+    """Stage 1's model options, for a stage-2 run that builds fresh networks (start: pretrained)."""
+    if from_stage1(dataset):
+        return {}
+    return {key: value for key, value in DATASETS[dataset]["train_cls"].items() if key in MODEL_KEYS}
+
+
+def l2g_flags(wildcards):
+    options = {key: value for key, value in l2g_options(wildcards).items() if key != "start"}
+    return cli_flags({**start_options(wildcards.dataset), **options})
 
 
 def control_flags(wildcards):
     l2g = DATASETS[wildcards.dataset]["train_l2g"]
-    return cli_flags({key: value for key, value in l2g.items() if key in CONTROL_KEYS})
+    return cli_flags({**start_options(wildcards.dataset), **{k: v for k, v in l2g.items() if k in CONTROL_KEYS}})
+
+
+def init_file(init):
+    """The weights file an `init` setting names (an input of its job), or None for a torchvision
+    weights name, scratch, stage1 or null. A missing file is a one-line config error."""
+    if init is None or init in ("scratch", "stage1") or re.fullmatch(r"[A-Z][A-Z0-9_]*", init):
+        return None
+    if not Path(init).is_file():
+        fail(f"{init}: init weights file not found (README, PASCAL VOC: l2g convert-weights, "
+             f"deeplab-pytorch's converted DeepLab weights)")
+    return init
+
+
+def stage2_inputs(wildcards):
+    """What a stage-2 job (L2G, control) starts from: the stage-1 classifier, or stage 1's init file."""
+    inputs = {"manifest": f"results/{wildcards.dataset}/data/manifest.json"}
+    if from_stage1(wildcards.dataset):
+        inputs["init"] = f"results/{wildcards.dataset}/cls/model.pt"
+    elif init_file(DATASETS[wildcards.dataset]["train_cls"].get("init")):
+        inputs["weights"] = DATASETS[wildcards.dataset]["train_cls"]["init"]
+    return inputs
+
+
+def init_from(wildcards, input):
+    return f"--init-from {input.init}" if "init" in input.keys() else ""
+
+
+def weights_input(stage):
+    """Input function: the init weights file of `stage`'s section, if it names one."""
+    return lambda wc: [path] if (path := init_file(DATASETS[wc.dataset][stage].get("init"))) else []
 
 
 def refine_background(wildcards, input):
@@ -144,12 +196,15 @@ def refine_background(wildcards, input):
 
 
 def seg_inputs(wildcards):
-    """The pseudo labels (seg only) and the stage-1 classifier when init is `stage1`."""
+    """The pseudo labels (seg only), the stage-1 classifier when init is `stage1`, the init file."""
     inputs = {"manifest": f"results/{wildcards.dataset}/data/manifest.json"}
     if wildcards.model == "seg":
         inputs["labels"] = f"results/{wildcards.dataset}/pseudo_labels/manifest.json"
-    if DATASETS[wildcards.dataset]["train_seg"].get("init") == "stage1":
+    init = DATASETS[wildcards.dataset]["train_seg"].get("init")
+    if init == "stage1":
         inputs["init"] = f"results/{wildcards.dataset}/cls/model.pt"
+    elif init_file(init):
+        inputs["weights"] = init
     return inputs
 
 

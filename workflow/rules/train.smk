@@ -1,11 +1,13 @@
 # Stages 1 and 2: the CAM classifier, L2G attention transfer (l2g/, and l2g_no_saliency/ where the
-# config has train_l2g_no_saliency), and the control classifier (stage 1 trained on, without the
-# transfer loss, as long as L2G trains: an L2G gain is not more training).
+# config has train_l2g_no_saliency), and the control classifier (trained from where L2G starts, as
+# long as L2G trains, without the transfer loss: an L2G gain is not more training). Stage 2 starts
+# from stage 1's init weights (start: pretrained, official) or from the stage-1 classifier.
 # Each job keeps checkpoint.pt and train_log.csv beside its model: a killed job resumes.
 
 
 rule train_cls:
     input:
+        weights_input("train_cls"),
         manifest="results/{dataset}/data/manifest.json",
     output:
         model="results/{dataset}/cls/model.pt",
@@ -26,13 +28,13 @@ rule train_cls:
 
 rule train_l2g:
     input:
-        manifest="results/{dataset}/data/manifest.json",
-        init="results/{dataset}/cls/model.pt",
+        unpack(stage2_inputs),
     output:
         model="results/{dataset}/{l2g}/model.pt",
     wildcard_constraints:
         l2g=one_of(L2G_RUNS),
     params:
+        start=init_from,
         options=l2g_flags,
     conda:
         CONDA_ENV
@@ -44,17 +46,17 @@ rule train_l2g:
     resources:
         **job_resources("train_l2g"),
     shell:
-        launch(ddp=True) + "l2g train-l2g --manifest {input.manifest} --init-from {input.init} --out {output.model}"
+        launch(ddp=True) + "l2g train-l2g --manifest {input.manifest} {params.start} --out {output.model}"
         " {params.options} > {log} 2>&1"
 
 
 rule train_control:
     input:
-        manifest="results/{dataset}/data/manifest.json",
-        init="results/{dataset}/cls/model.pt",
+        unpack(stage2_inputs),
     output:
         model="results/{dataset}/control/model.pt",
     params:
+        start=init_from,
         options=control_flags,
     conda:
         CONDA_ENV
@@ -66,5 +68,5 @@ rule train_control:
     resources:
         **job_resources("train_control"),
     shell:
-        launch(ddp=True) + "l2g train-cls --manifest {input.manifest} --init-from {input.init} --out {output.model}"
+        launch(ddp=True) + "l2g train-cls --manifest {input.manifest} {params.start} --out {output.model}"
         " {params.options} > {log} 2>&1"

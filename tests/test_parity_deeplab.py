@@ -1,0 +1,186 @@
+"""Parity with deeplab-pytorch as L2G vendors it (PengtaoJiang/L2G at 0ec2504, deeplab-pytorch/):
+the DeepLab-v2 ResNet-101 MSC network on the converted Caffe weights, the MSC loss, the parameter
+groups, frozen set and poly learning rate of main.py with configs/voc12_resnet_dplv2.yaml and
+configs/coco_resnet_dplv2.yaml (as our `voc` and `coco` sections set them).
+
+Each `official_*` function re-creates one piece of the official computation from the file and
+lines its docstring names, written anew; the tests run it and ours on the same weights and inputs.
+"""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+
+from l2g_core.data.augment import normalise
+from l2g_core.models.deeplab import build_deeplab, segmentation_loss
+from l2g_core.training import build_optimizer, lr_factor
+
+from conftest import REPO, deeplab_pytorch_names, stage_settings
+
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]
+MEAN_BGR = (104.008, 116.669, 122.675)  # voc12_resnet_dplv2.yaml lines 20-24, as main.py line 121 orders it
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A deeplab-pytorch DeepLabV2_ResNet101_MSC state dict (random weights, BatchNorm statistics
+    that are not the identity) saved as deeplabv1_resnet101-coco.pth, and our model built on it."""
+    torch.manual_seed(0)
+    source = build_deeplab("resnet101", 21).state_dict()
+    for key, value in source.items():
+        if key.endswith("running_var"):
+            value.uniform_(0.5, 1.5)
+        elif key.endswith(("running_mean", "bn1.bias", "bn2.bias", "bn3.bias")):
+            value.uniform_(-0.1, 0.1)
+        elif key.startswith("aspp.") and key.endswith("bias"):
+            value.uniform_(-0.1, 0.1)
+    official = deeplab_pytorch_names(source)
+    path = tmp_path_factory.mktemp("dlp") / "deeplabv1_resnet101-coco.pth"
+    torch.save(official, path)
+    section = CONFIG["voc"]["train_seg"]
+    model = build_deeplab("resnet101", 21, rates=section["aspp_rates"], msc_scales=section["msc_scales"],
+                          init=str(path), freeze_bn=section["freeze_bn"])
+    return official, model
+
+
+def official_deeplab_v2(w, x, rates=(6, 12, 18, 24)):
+    """DeepLabV2 (libs/models/deeplabv2.py lines 38-52) of _Stem / _ResLayer / _Bottleneck
+    (libs/models/resnet.py lines 26-110) in evaluation mode on weights `w` under deeplab-pytorch's
+    names (base. prefix): the stride of a stage's first block on its 1x1 reduce conv, every block
+    of layer4/layer5 at dilation 2/4, the stem's max pooling with ceil_mode, the ASPP summed."""
+    def conv_bn(name, t, stride=1, padding=0, dilation=1, relu=True):
+        t = F.conv2d(t, w[f"{name}.conv.weight"], stride=stride, padding=padding, dilation=dilation)
+        t = F.batch_norm(t, w[f"{name}.bn.running_mean"], w[f"{name}.bn.running_var"], w[f"{name}.bn.weight"],
+                         w[f"{name}.bn.bias"], training=False, eps=1e-5)
+        return F.relu(t) if relu else t
+
+    x = F.max_pool2d(conv_bn("base.layer1.conv1", x, stride=2, padding=3), 3, 2, 1, ceil_mode=True)
+    for layer, blocks, stride, dilation in ((2, 3, 1, 1), (3, 4, 2, 1), (4, 23, 1, 2), (5, 3, 1, 4)):
+        for block in range(1, blocks + 1):
+            name = f"base.layer{layer}.block{block}"
+            first = stride if block == 1 else 1
+            h = conv_bn(f"{name}.reduce", x, stride=first)
+            h = conv_bn(f"{name}.conv3x3", h, padding=dilation, dilation=dilation)
+            h = conv_bn(f"{name}.increase", h, relu=False)
+            x = F.relu(h + (conv_bn(f"{name}.shortcut", x, stride=first, relu=False) if block == 1 else x))
+    return sum(F.conv2d(x, w[f"base.aspp.c{i}.weight"], w[f"base.aspp.c{i}.bias"], padding=r, dilation=r)
+               for i, r in enumerate(rates))
+
+
+def official_msc(w, x, scales=(0.5, 0.75)):
+    """MSC.forward in evaluation (libs/models/msc.py lines 26-47): the maximum over the input and
+    its 0.5x, 0.75x versions of the logits, resized to the full-scale logits."""
+    logits = official_deeplab_v2(w, x)
+    size = logits.shape[-2:]
+    pyramid = [F.interpolate(official_deeplab_v2(w, F.interpolate(x, scale_factor=s, mode="bilinear",
+                                                                  align_corners=False)),
+                             size=size, mode="bilinear", align_corners=False) for s in scales]
+    return torch.max(torch.stack([logits, *pyramid]), dim=0)[0]
+
+
+def test_deeplab_v2_msc_on_converted_weights_is_the_official_network(converted):
+    official, model = converted
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 57, 65, 3), dtype=np.uint8)
+    # deeplab-pytorch's input: BGR, minus the Caffe mean (libs/datasets/base.py lines 105-113)
+    bgr = torch.from_numpy(rgb[..., ::-1].astype(np.float32) - np.array(MEAN_BGR, np.float32)).permute(0, 3, 1, 2)
+    ours_input = torch.stack([torch.from_numpy(normalise(image)) for image in rgb])  # what our loaders feed
+    with torch.no_grad():
+        expected = official_msc(official, bgr.contiguous())
+        ours = model.eval()(ours_input)
+    assert ours.shape == expected.shape == (2, 21, 8, 9)
+    torch.testing.assert_close(ours, expected, rtol=1e-3, atol=2e-3)
+
+
+def official_msc_loss(logits, labels):
+    """The loss of main.py lines 241-247 with resize_labels (lines 70-83): every MSC output against
+    the labels resized to it with PIL's NEAREST, the cross entropies (ignore 255) summed."""
+    total = 0
+    for logit in logits:
+        _, _, h, w = logit.shape
+        resized = torch.LongTensor(np.stack([
+            np.asarray(Image.fromarray(label.float().numpy()).resize((w, h), resample=Image.NEAREST))
+            for label in labels]))
+        total = total + torch.nn.CrossEntropyLoss(ignore_index=255)(logit, resized)
+    return total
+
+
+def test_msc_loss_is_the_official_sum_at_each_output_size():
+    model = build_deeplab("small", 5, rates=[1, 2], msc_scales=[0.5, 0.75]).train()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(3, 3, 81, 81, generator=generator)
+    labels = torch.randint(0, 5, (3, 81, 81), generator=generator)
+    labels[:, :10] = 255
+    outputs = model(images)
+    assert len(outputs) == 4  # 1x, 0.5x, 0.75x and their maximum
+    ours = segmentation_loss(outputs, labels, resolution=CONFIG["voc"]["train_seg"]["loss_resolution"])
+    torch.testing.assert_close(ours, official_msc_loss(outputs, labels), rtol=1e-6, atol=1e-6)
+
+
+def official_groups(named_parameters):
+    """get_params of main.py lines 48-67 and the SGD of lines 172-192 over deeplab-pytorch names:
+    {name: (lr multiplier, weight decay)} of the parameters the optimizer holds: every Conv2d in a
+    "layer" module (the stem included) 1x, ASPP weights 10x, ASPP biases 20x without decay;
+    BatchNorm parameters are in no group (and stay in eval mode, lines 217-219)."""
+    groups = {}
+    for name in named_parameters:
+        if re.search(r"layer\d+\..*\bconv\.(weight|bias)$", name):
+            groups[name] = (1, 5e-4)
+        elif "aspp" in name:
+            groups[name] = (10, 5e-4) if name.endswith("weight") else (20, 0.0)
+    return groups
+
+
+def test_groups_frozen_set_and_optimizer_are_the_official_ones(converted):
+    _, model = converted
+    model.train()
+    section = CONFIG["voc"]["train_seg"]
+    settings = stage_settings("train-seg", section)
+    optimizer = build_optimizer([model], settings)
+    names = {id(p): n for n, p in model.named_parameters()}
+    official_name = dict(zip(deeplab_pytorch_names({n: n for n, _ in model.base.named_parameters()}).values(),
+                             deeplab_pytorch_names({n: n for n, _ in model.base.named_parameters()})))
+    ours = {}
+    for group in optimizer.param_groups:
+        assert (group["momentum"], group["nesterov"]) == (0.9, False)  # momentum=CONFIG.SOLVER.MOMENTUM only
+        for p in group["params"]:
+            ours[official_name[names[id(p)].removeprefix("base.")]] = (round(group["lr"] / settings.lr, 9),
+                                                                        group["weight_decay"])
+    assert ours == official_groups(official_name.values())
+    assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+class OfficialPolynomialLR:
+    """libs/utils/lr_scheduler.py lines 12-29, stepped as main.py line 261 does after every
+    update (scheduler.step(epoch=iteration), iteration from 1): the factor changes only when
+    the iteration is a multiple of step_size."""
+
+    def __init__(self, step_size, iter_max, power):
+        self.step_size, self.iter_max, self.power, self.factor = step_size, iter_max, power, 1.0
+
+    def step(self, epoch):
+        if epoch != 0 and epoch % self.step_size == 0 and epoch <= self.iter_max:
+            self.factor = (1 - float(epoch) / self.iter_max) ** self.power
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+def test_poly_learning_rate_of_every_iteration_is_the_official_one(dataset):
+    section = CONFIG[dataset]["train_seg"]
+    settings = stage_settings("train-seg", section)
+    total = section["iterations"]  # ITER_MAX: VOC 20000, COCO 50000
+    scheduler = OfficialPolynomialLR(step_size=10, iter_max=total, power=0.9)  # LR_DECAY 10, POLY_POWER 0.9
+    official = []
+    for iteration in range(1, total + 1):
+        official.append(scheduler.factor)  # the lr this iteration's optimizer.step() used
+        scheduler.step(iteration)
+    ours = [lr_factor(settings, 0, update, total) for update in range(total)]
+    np.testing.assert_allclose(ours, official, rtol=1e-12)
+    recipe = {"voc": (5, 2, 2.5e-4, 20000), "coco": (20, 1, 2.5e-4, 50000)}[dataset]  # BATCH_SIZE, ITER_SIZE, LR, ITER_MAX
+    assert (section["batch_size"], section["accumulate"], section["lr"], section["iterations"]) == recipe
+    assert section["crop_size"] == 321 and section["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5]
+    assert section["init"].endswith({"voc": "deeplabv1_resnet101-coco.pth",
+                                     "coco": "deeplabv1_resnet101-imagenet.pth"}[dataset])
