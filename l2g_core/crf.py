@@ -112,6 +112,23 @@ def dense_crf(image, probs, *, iterations, pos_w, pos_xy_std, bi_w, bi_xy_std, b
     return np.asarray(marginals, dtype=np.float32).reshape(labels, height, width)
 
 
+# What the bilateral kernel of the prediction CRF compares: "rgb", the image's colours; or
+# "deeplab_pytorch", what deeplab-pytorch's `main.py crf` passes (lines 482 and 492 of its main.py:
+# the dataset's mean-subtracted BGR float image cast to uint8, so values below the Caffe mean wrap
+# around 256): the computation behind the published CRF scores.
+CRF_IMAGES = ("rgb", "deeplab_pytorch")
+
+
+def crf_image(rgb, kind, caffe_bgr_mean):
+    """The H x W x 3 uint8 image the CRF's bilateral kernel sees (CRF_IMAGES)."""
+    if kind == "rgb":
+        return rgb
+    shifted = np.asarray(rgb, dtype=np.float32)[..., ::-1] - np.asarray(caffe_bgr_mean, dtype=np.float32)
+    # numpy's float-to-uint8 cast truncates toward zero and wraps on x86-64; written out so the
+    # result does not depend on the platform's handling of out-of-range casts
+    return (np.trunc(shifted).astype(np.int64) % 256).astype(np.uint8)
+
+
 def channel_labels_of(classes):
     """The mask index of each score channel: 0 (the background), then `classes`, as uint8."""
     return np.concatenate([[0], np.asarray(classes, dtype=np.int64)]).astype(np.uint8)

@@ -65,11 +65,18 @@ def visible_devices(environ=None):
 
     CUDA_VISIBLE_DEVICES wins when set (a scheduler such as SLURM sets it to the job's devices,
     and an empty value means none); else L2G_FAKE_GPUS=N pretends devices 0..N-1 (for tests and
-    CPU-only machines); else nvidia-smi counts the physical devices; else there are none."""
+    CPU-only machines); else nvidia-smi counts the physical devices; else there are none.
+
+    Inside a SLURM job (SLURM_JOB_ID set) with no CUDA_VISIBLE_DEVICES, the node's SLURM does not
+    confine jobs to their GPUs (no gres/GPU binding): counting the node's devices would let this
+    job take GPUs that SLURM gave to other jobs, so that is an error."""
     environ = os.environ if environ is None else environ
     if "CUDA_VISIBLE_DEVICES" in environ:
         value = environ["CUDA_VISIBLE_DEVICES"]
         return parse_visible(value), f"CUDA_VISIBLE_DEVICES={value!r}"
+    if "SLURM_JOB_ID" in environ and FAKE_ENV not in environ:
+        raise L2GError(f"SLURM job {environ['SLURM_JOB_ID']} has no CUDA_VISIBLE_DEVICES: this node's SLURM "
+                       "does not bind GPUs to jobs (ask for them with --gpus/--gres; GresTypes=gpu in slurm.conf)")
     if FAKE_ENV in environ:
         value = environ[FAKE_ENV]
         if not re.fullmatch(r"\s*\d+\s*", value):

@@ -209,6 +209,24 @@ def test_more_devices_than_visible_is_one_line(tmp_path):
     assert result.stderr.splitlines() == ["l2g with-gpus: error: --count 3: only 2 GPU(s) visible (L2G_FAKE_GPUS=2)"]
 
 
+def test_slurm_job_without_cuda_visible_devices_is_one_line(tmp_path):
+    # a node whose SLURM binds no GPUs: counting the node's devices would take other jobs' GPUs
+    env = gpu_env(tmp_path, SLURM_JOB_ID="4242")
+    del env[gpus.FAKE_ENV]
+    result = with_gpus(tmp_path, "--count", "1", "--", "true", env=env)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("l2g with-gpus: error: SLURM job 4242 has no CUDA_VISIBLE_DEVICES")
+    env["CUDA_VISIBLE_DEVICES"] = "0"  # what a SLURM with GPU binding sets
+    assert with_gpus(tmp_path, "--count", "1", "--", "true", env=env).returncode == 0
+
+
+def test_devices_are_numbered_in_pci_order(tmp_path):
+    # the order nvidia-smi and SLURM number devices in; CUDA's default puts the fastest first
+    for count in ("0", "1"):
+        result = with_gpus(tmp_path, "--count", count, "--", "sh", "-c", "echo $CUDA_DEVICE_ORDER")
+        assert result.stdout == "PCI_BUS_ID\n"
+
+
 def test_exit_status_is_the_childs(tmp_path):
     assert with_gpus(tmp_path, "--count", "1", "--", "sh", "-c", "exit 3").returncode == 3
     assert with_gpus(tmp_path, "--count", "1", "--", "sh", "-c", "kill -TERM $$").returncode == 128 + signal.SIGTERM

@@ -184,3 +184,52 @@ def test_poly_learning_rate_of_every_iteration_is_the_official_one(dataset):
     assert section["crop_size"] == 321 and section["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5]
     assert section["init"].endswith({"voc": "deeplabv1_resnet101-coco.pth",
                                      "coco": "deeplabv1_resnet101-imagenet.pth"}[dataset])
+
+
+# --------------------------------------------------------------------------- the prediction CRF
+
+
+def official_crf_labels(rgb, prob, crf):
+    """`main.py crf` (lines 482-492): the dataset's image (libs/datasets/voc.py line 84, cv2.imread
+    as float32 BGR; base.py lines 109-113, minus the mean) cast to uint8 and given, with the
+    probabilities, to DenseCRF (libs/utils/crf.py lines 23-41: unary_from_softmax, a Gaussian and
+    a bilateral kernel, iter_max mean-field steps); the labels are the argmax."""
+    import pydensecrf.densecrf as dcrf
+    import pydensecrf.utils as utils
+
+    image = rgb[..., ::-1].astype(np.float32) - np.array(MEAN_BGR, dtype=np.float32)
+    image = np.ascontiguousarray(image.transpose(2, 0, 1).astype(np.uint8).transpose(1, 2, 0))
+    labels, height, width = prob.shape
+    d = dcrf.DenseCRF2D(width, height, labels)
+    d.setUnaryEnergy(np.ascontiguousarray(utils.unary_from_softmax(prob)))
+    d.addPairwiseGaussian(sxy=crf["pos_xy_std"], compat=crf["pos_w"])
+    d.addPairwiseBilateral(sxy=crf["bi_xy_std"], srgb=crf["bi_rgb_std"], rgbim=image, compat=crf["bi_w"])
+    return np.array(d.inference(crf["iterations"])).reshape(labels, height, width).argmax(axis=0)
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+def test_prediction_crf_sees_the_official_image(tmp_path, dataset):
+    from l2g_core.stages.predict_seg import write_prediction
+
+    section = CONFIG[dataset]["predict_seg"]
+    crf = {key: section[key] for key in ("iterations", "pos_w", "pos_xy_std", "bi_w", "bi_xy_std", "bi_rgb_std")}
+    rng = np.random.default_rng(0)
+    rgb = np.zeros((40, 48, 3), np.uint8)
+    rgb[:, :24] = (90, 140, 60)  # darker than the Caffe mean in every channel: wraps when cast
+    rgb[:, 24:] = (200, 120, 180)
+    rgb = np.clip(rgb + rng.integers(-20, 21, rgb.shape), 0, 255).astype(np.uint8)
+    (tmp_path / "JPEGImages").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "JPEGImages" / "img.jpg", quality=95)
+    rgb = np.asarray(Image.open(tmp_path / "JPEGImages" / "img.jpg").convert("RGB"))  # the decoded pixels
+    prob = torch.softmax(torch.from_numpy(rng.normal(size=(3, 40, 48))).float() * 0.7, dim=0).numpy()
+
+    def ours(kind):
+        out = tmp_path / kind
+        (out / "no_crf").mkdir(parents=True)
+        write_prediction(("img", prob), root=str(tmp_path), out=str(out), crf_params=crf, crf_image_kind=kind)
+        return np.asarray(Image.open(out / "img.png"))
+
+    assert section["crf_image"] == "deeplab_pytorch"
+    official = official_crf_labels(rgb, prob, crf)
+    assert np.array_equal(ours("deeplab_pytorch"), official)
+    assert not np.array_equal(ours("rgb"), official)  # the colours the CRF compares do matter here

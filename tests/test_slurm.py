@@ -89,6 +89,23 @@ def _diagnostics(workdir, stdout, stderr):
     return "\n".join(parts)
 
 
+def test_every_job_asks_for_one_node():
+    # without --nodes, SLURM may place a 2-GPU job's GPUs on two nodes, where one process sees none
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    resources = Resources(profile["default-resources"], gpu=2, cpus_per_task=8)  # `threads`, as evaluated
+    job = SimpleNamespace(resources=resources, threads=8, is_group=lambda: False)
+    call = get_submit_command(job, {"run_uuid": "run", "slurm_logfile": "log", "comment_str": "rule train_l2g",
+                                    "account": "", "partition": "", "workdir": "."})
+    assert " --nodes=1" in call
+
+
 def test_slurm_profile_runs_every_stage_as_a_slurm_job(slurm_partition, tmp_path):
     workdir = tmp_path
     config_path = workdir / "config.yaml"

@@ -189,3 +189,30 @@ def test_prepare_refuses_id_listed_twice(voc, tmp_path, capsys):
     with open(voc / "ImageSets" / "Segmentation" / "val.txt", "a") as handle:
         handle.write("2007_000033\n")
     assert_refused(capsys, voc, tmp_path, "val.txt", "2007_000033", "twice")
+
+
+def test_prepare_train_subset_keeps_the_training_images_it_lists(voc, tmp_path, capsys):
+    # VOC's train list within train_aug: scored beside the paper's figures; an image that the
+    # training split skipped (no class) drops out of the subset as it does out of the training split.
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000039\n2008_000003\n")
+    out = tmp_path / "prep"
+    code, _, stderr = run_prepare(capsys, voc, out, "--split", "train_subset=train")
+    assert code == 0, stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["train_subset"]["num_images"] == 1
+    assert (out / "train_subset.txt").read_text().split() == ["2007_000039"]
+
+
+def test_prepare_refuses_train_subset_outside_the_training_split(voc, tmp_path, capsys):
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000039\n2007_000033\n")
+    code, _, stderr = run_prepare(capsys, voc, tmp_path / "prep", "--split", "train_subset=train")
+    lines = error_lines(stderr)
+    assert code == 1 and len(lines) == 1 and "Traceback" not in stderr
+    assert "train.txt" in lines[0] and "2007_000033" in lines[0] and "not in the training split" in lines[0]
+    assert not (tmp_path / "prep" / "manifest.json").exists()
+
+
+def test_prepare_refuses_unknown_split_role(voc, tmp_path, capsys):
+    code, _, stderr = run_prepare(capsys, voc, tmp_path / "prep", "--split", "test=val")
+    assert code == 1 and error_lines(stderr) == [
+        "l2g prepare: error: --split 'test=val': unknown role 'test' (one of train, val, train_subset)"]

@@ -35,7 +35,7 @@ DEFAULT_THRESHOLDS = [round(float(t), 2) for t in np.arange(0.05, 0.601, 0.05)]
 
 def configure(parser):
     parser.add_argument("--manifest", required=True, help="manifest.json of the prepared dataset")
-    parser.add_argument("--split", required=True, choices=("train", "val"), help="split to evaluate")
+    parser.add_argument("--split", required=True, help="split role of the manifest to evaluate (train, val, train_subset)")
     parser.add_argument("--pred", required=True, help="folder of predictions: ID.png label maps or ID.npz CAMs")
     parser.add_argument("--out", required=True, help="metrics JSON to write; the CSV views go beside it")
     parser.add_argument("--kind", choices=("auto", "png", "cam"), default="auto",

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from l2g_core.crf import DEEPLAB_CRF_PARAMS, add_crf_arguments, crf_params_from_args, dense_crf
+from l2g_core.crf import CRF_IMAGES, DEEPLAB_CRF_PARAMS, add_crf_arguments, crf_image, crf_params_from_args, dense_crf
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.inference import image_batches, multiscale_sum
 from l2g_core.io_utils import write_label_png
 from l2g_core.model_io import load_segmenter
+from l2g_core.models.deeplab import CAFFE_BGR_MEAN
 from l2g_core.parallel import available_cores, bounded_map
 from l2g_core.runtime import setup_runtime
 from l2g_core.shards import NO_CRF_DIR, describe_shard, parse_shard, shard_ids, start_output, write_manifest
@@ -40,18 +41,21 @@ def configure(parser):
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
                         help="post-process with the dense CRF (the argmax before it goes to no_crf/)")
     add_crf_arguments(parser, DEEPLAB_CRF_PARAMS, "CRF parameters (defaults of deeplab-pytorch)")
+    parser.add_argument("--crf-image", choices=CRF_IMAGES, default="rgb",
+                        help="the image the CRF's colour kernel compares: rgb, or deeplab_pytorch (its "
+                             "mean-subtracted BGR image cast to uint8, as behind the published scores)")
     parser.add_argument("--workers", type=int, default=available_cores(), help="CRF / writer processes")
     parser.add_argument("--shard", default=None, metavar="i/n", help="process shard i of n of the image list")
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cuda or cpu")
 
 
-def write_prediction(item, *, root, out, crf_params):
+def write_prediction(item, *, root, out, crf_params, crf_image_kind="rgb"):
     """Label one image from its probabilities (L, H, W); return {file name: bytes} written."""
     image_id, probs = item
     raw = probs.argmax(axis=0).astype(np.uint8)
     written = {}
     if crf_params is not None:
-        image = VOCLayout(root).load_image(image_id)
+        image = crf_image(VOCLayout(root).load_image(image_id), crf_image_kind, CAFFE_BGR_MEAN)
         final = dense_crf(image, probs, **crf_params).argmax(axis=0).astype(np.uint8)
         written.update(_write(Path(out) / NO_CRF_DIR / f"{image_id}.png", raw, out))
     else:
@@ -90,7 +94,8 @@ def run(args):
           f"({len(ids)} images): {runtime.describe()}", flush=True)
     out = Path(args.out)
     own_manifest = start_output(out, shard)
-    work = partial(write_prediction, root=str(layout.root), out=str(out), crf_params=crf_params)
+    work = partial(write_prediction, root=str(layout.root), out=str(out), crf_params=crf_params,
+                   crf_image_kind=args.crf_image)
     files = {}
     with tqdm(total=len(ids), desc="predict-seg", unit="img", mininterval=2.0) as bar:
         for written in bounded_map(work, probabilities(model, layout, ids, args, runtime.device),
@@ -99,5 +104,5 @@ def run(args):
             bar.update()
     write_manifest(own_manifest, stage="predict-seg", shard=shard, ids=ids, files=files, settings={
         "model": str(Path(args.model).resolve()), "split": args.split, "scales": args.scales, "flip": args.flip,
-        "crf": crf_params})
+        "crf": crf_params, "crf_image": args.crf_image if crf_params else None})
     print(f"wrote {len(ids)} predictions to {out}")

@@ -29,13 +29,18 @@ def configure(parser):
     parser.add_argument("--kind", required=True, choices=sorted(CLASSES_BY_KIND), help="class set of the dataset")
     parser.add_argument("--root", required=True, help="dataset root in the VOC layout")
     parser.add_argument("--split", action="append", required=True, metavar="ROLE=LIST",
-                        help="a split: role (train or val) = list name under ImageSets/Segmentation "
-                             "or a .txt path; repeat for each split")
+                        help="a split: role (train, val, or train_subset: a part of the training split "
+                             "also scored, VOC's 1,464-image train list) = list name under "
+                             "ImageSets/Segmentation or a .txt path; repeat for each split")
     parser.add_argument("--empty-images", choices=("skip", "error"), default="skip",
                         help="training images with no foreground class: skip them (counted in the "
                              "manifest) or refuse the dataset (default skip)")
     parser.add_argument("--out", required=True, help="manifest.json to write; the rest goes beside it")
     parser.add_argument("--workers", type=int, default=available_cores(), help="threads decoding images and masks")
+
+
+ROLES = ("train", "val", "train_subset")
+SUBSET = "train_subset"
 
 
 def parse_splits(items):
@@ -44,6 +49,8 @@ def parse_splits(items):
         role, sep, name = item.partition("=")
         if not sep or not role or not name:
             raise L2GError(f"--split {item!r}: expected ROLE=LIST, e.g. train=train_aug")
+        if role not in ROLES:
+            raise L2GError(f"--split {item!r}: unknown role {role!r} (one of {', '.join(ROLES)})")
         if role in splits:
             raise L2GError(f"--split: role {role!r} given twice")
         splits[role] = name
@@ -151,6 +158,14 @@ def run(args):
             "num_images": len(kept), "skipped_without_class": len(ids) - len(kept),
             "has_ground_truth": has_gt,
         }
+    if SUBSET in lists:  # scored beside the training split: its images that the training split kept
+        train = set(lists["train"])
+        outside = [i for i in lists[SUBSET] if i not in train and labels[i]]
+        if outside:
+            raise L2GError(f"{split_info[SUBSET]['source']}: image {outside[0]} is not in the training split "
+                           f"({len(outside)} such images); the {SUBSET} split must be a part of it")
+        lists[SUBSET] = [i for i in lists[SUBSET] if i in train]
+        split_info[SUBSET]["num_images"] = len(lists[SUBSET])
     for role, kept in lists.items():
         write_text(out_dir / f"{role}.txt", "\n".join(kept) + "\n")
     write_json(out_dir / "labels.json", {i: labels[i] for ids in lists.values() for i in ids})

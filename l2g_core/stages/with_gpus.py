@@ -123,7 +123,8 @@ def run(args):
         distributed = ddp_command(command, args.count)  # checks COMMAND even when N <= 1
         if args.count > 1:
             command = distributed
-    env = dict(os.environ)
+    # CUDA numbers devices fastest first by default; nvidia-smi, SLURM and the claims use PCI order
+    env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID")
     if args.count == 0:
         say(f"no GPU requested: {shlex.join(command)} runs on the CPU")
         env["CUDA_VISIBLE_DEVICES"] = ""

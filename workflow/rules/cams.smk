@@ -1,5 +1,5 @@
-# CAMs of three classifiers on the train split, each exported in shards and scored over
-# background thresholds:
+# CAMs of the classifiers on the train split, each exported in shards and scored over background
+# thresholds (miou.json; miou_train_subset.json on splits.train_subset, where it is set):
 #   cls_cams      stage 1 (the plain-CAM baseline)
 #   control_cams  stage 1 trained on without the transfer loss, as long as L2G trains
 #   cams          the L2G global network
@@ -35,19 +35,22 @@ rule evaluate_cams:
         manifest="results/{dataset}/data/manifest.json",
         cams="results/{dataset}/{cams}/manifest.json",
     output:
-        metrics="results/{dataset}/{cams}/miou.json",
+        metrics="results/{dataset}/{cams}/miou{part}.json",
     wildcard_constraints:
         cams=one_of(CAM_MODELS),
+        part=PARTS,
+    params:
+        split=scored_split,
     conda:
         CONDA_ENV
     log:
-        "results/{dataset}/logs/evaluate_{cams}.log",
+        "results/{dataset}/logs/evaluate_{cams}{part}.log",
     benchmark:
-        "results/{dataset}/benchmarks/evaluate_{cams}.tsv"
+        "results/{dataset}/benchmarks/evaluate_{cams}{part}.tsv"
     threads: job_setting("threads", "evaluate_cams")
     resources:
         **job_resources("evaluate_cams"),
     shell:
-        "l2g evaluate --manifest {input.manifest} --split train --kind cam"
+        "l2g evaluate --manifest {input.manifest} --split {params.split} --kind cam"
         " --pred results/{wildcards.dataset}/{wildcards.cams} --out {output.metrics}"
         " --workers {threads} > {log} 2>&1"

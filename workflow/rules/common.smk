@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints, input functions and job settings shared by every rule.
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,6 +40,8 @@ CONTROL_KEYS = ("input_size", "epochs", "iterations", "batch_size", "lr", "weigh
 MODEL_KEYS = ("backbone", "init", "pcm", "output_stride")
 # DeepLab on the pseudo labels, and the fully supervised reference on the ground truth.
 SEG_MODELS = ("seg", "supervised")
+# The part of the training split scored beside it (VOC's 1,464-image train list within train_aug).
+SUBSET = "train_subset"
 # Per-image output folders made in shards, and the split each covers.
 SHARDED = {**dict.fromkeys(CAM_MODELS, "train"), "pseudo_labels": "train", **{f"{m}/pred": "val" for m in SEG_MODELS}}
 
@@ -111,19 +114,43 @@ def cam_folders(dataset):
     return [folder for folder, model in CAM_MODELS.items() if model not in L2G_RUNS or L2G_RUNS[model] in runs]
 
 
-def summary_stages(dataset):
-    """The earlier stages whose numbers the final miou.json carries."""
-    return cam_folders(dataset) + ["pseudo_labels"]
+def train_subset(dataset):
+    """The list of the part of the training split also scored (splits.train_subset), or None."""
+    return DATASETS[dataset]["splits"].get("train_subset")
 
 
-def stage_metrics(stages):
-    """Input function: {score_STAGE: the stage's miou.json} of the job's dataset."""
-    return lambda wc: {f"score_{stage}": f"results/{wc.dataset}/{stage}/miou.json" for stage in stages(wc.dataset)}
+# The scored part of the training split: "" (all of it, miou.json) or _train_subset.
+PARTS = f"|_{SUBSET}"
 
 
-def stage_options(option, stages):
-    """Params function: `--option STAGE=miou.json` for each stage of the job's dataset."""
-    return lambda wc, input: " ".join(f"--{option} {stage}={input[f'score_{stage}']}" for stage in stages(wc.dataset))
+def scored_split(wildcards):
+    return "train" if not wildcards.part else SUBSET
+
+
+def cam_metrics(dataset, part=""):
+    """{name: miou.json} of every CAM folder of the dataset (on the scored part of the split)."""
+    return {folder: f"results/{dataset}/{folder}/miou{part}.json" for folder in cam_folders(dataset)}
+
+
+def summary_metrics(dataset, part=""):
+    """{name: miou.json} of the earlier stages whose numbers the final miou.json carries: the CAMs,
+    the pseudo labels and, with splits.train_subset, both again on that part of the training split."""
+    metrics = {**cam_metrics(dataset), "pseudo_labels": f"results/{dataset}/pseudo_labels/miou.json"}
+    if train_subset(dataset):
+        metrics.update({f"{name}_{SUBSET}": path.replace("miou.json", f"miou_{SUBSET}.json")
+                        for name, path in list(metrics.items())})
+    return metrics
+
+
+def stage_metrics(metrics):
+    """Input function: {score_NAME: miou.json} of the job's dataset (and scored part)."""
+    return lambda wc: {f"score_{name}": path for name, path in metrics(wc.dataset, getattr(wc, "part", "")).items()}
+
+
+def stage_options(option, metrics):
+    """Params function: `--option NAME=miou.json` for each earlier stage of the job's dataset."""
+    return lambda wc, input: " ".join(f"--{option} {name}={input[f'score_{name}']}"
+                                      for name in metrics(wc.dataset, getattr(wc, "part", "")))
 
 
 def l2g_options(wildcards):

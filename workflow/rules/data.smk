@@ -35,6 +35,7 @@ rule prepare:
         root=dataset_root,
         splits=lambda wc: DATASETS[wc.dataset]["splits"],
         empty=lambda wc: DATASETS[wc.dataset].get("empty_images", "skip"),
+        subset=lambda wc: f"--split train_subset={shlex.quote(subset)}" if (subset := train_subset(wc.dataset)) else "",
     conda:
         CONDA_ENV
     log:
@@ -46,5 +47,5 @@ rule prepare:
         **job_resources("prepare"),
     shell:
         "l2g prepare --name {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
-        " --split train={params.splits[train]:q} --split val={params.splits[val]:q}"
+        " --split train={params.splits[train]:q} --split val={params.splits[val]:q} {params.subset}"
         " --empty-images {params.empty} --out {output.manifest} --workers {threads} > {log} 2>&1"

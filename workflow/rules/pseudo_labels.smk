@@ -31,24 +31,27 @@ rule refine:
 
 rule score_pseudo_labels:
     input:
-        unpack(stage_metrics(cam_folders)),
+        unpack(stage_metrics(cam_metrics)),
         manifest="results/{dataset}/data/manifest.json",
         labels="results/{dataset}/pseudo_labels/manifest.json",
         cams="results/{dataset}/cams/manifest.json",
     output:
-        metrics="results/{dataset}/pseudo_labels/miou.json",
+        metrics="results/{dataset}/pseudo_labels/miou{part}.json",
+    wildcard_constraints:
+        part=PARTS,
     params:
-        cam_scores=stage_options("cam-scores", cam_folders),
+        cam_scores=stage_options("cam-scores", cam_metrics),
+        split=scored_split,
     conda:
         CONDA_ENV
     log:
-        "results/{dataset}/logs/score_pseudo_labels.log",
+        "results/{dataset}/logs/score_pseudo_labels{part}.log",
     benchmark:
-        "results/{dataset}/benchmarks/score_pseudo_labels.tsv"
+        "results/{dataset}/benchmarks/score_pseudo_labels{part}.tsv"
     threads: job_setting("threads", "score_pseudo_labels")
     resources:
         **job_resources("score_pseudo_labels"),
     shell:
-        "l2g score-pseudo-labels --manifest {input.manifest} --split train"
+        "l2g score-pseudo-labels --manifest {input.manifest} --split {params.split}"
         " --labels results/{wildcards.dataset}/pseudo_labels --cams results/{wildcards.dataset}/cams"
         " {params.cam_scores} --out {output.metrics} --workers {threads} > {log} 2>&1"

@@ -54,14 +54,14 @@ rule predict_seg:
 
 rule score_seg:
     input:
-        unpack(stage_metrics(summary_stages)),
+        unpack(stage_metrics(summary_metrics)),
         manifest="results/{dataset}/data/manifest.json",
         pred="results/{dataset}/seg/pred/manifest.json",
     output:
         metrics="results/{dataset}/miou.json",
         table="results/{dataset}/miou.csv",
     params:
-        stages=stage_options("stage", summary_stages),
+        stages=stage_options("stage", summary_metrics),
     conda:
         CONDA_ENV
     log:
