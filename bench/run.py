@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a file: python bench/run.py
 
 from bench import common, report  # noqa: E402
 
-ITEMS = ("evaluator", "export", "crf", "train_step", "scale", "e2e")
+ITEMS = ("evaluator", "export", "crf", "train_step", "scale", "e2e", "cam_storage")
 
 
 def parse_args(argv):

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is a folder of the repository, not an installed package
     sys.path.insert(0, str(REPO))
 
-ITEMS = {"evaluator", "export", "crf", "train_step", "scale", "e2e"}
+ITEMS = {"evaluator", "export", "crf", "train_step", "scale", "e2e", "cam_storage"}
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +46,16 @@ def test_the_checks_hold_their_tolerances(quick_run):
     assert results["train_step"]["check"]["max_abs_target_diff"] <= 1e-5
     # peak memory measured in a fresh process for each size
     assert all(run["evaluate"]["max_rss_mib"] > 0 for run in results["scale"]["figures"]["runs"].values())
+    # the stored CAMs are the exact ones to within half a level, the earlier float16 ones closer still
+    errors = results["cam_storage"]["check"]["max_abs_error"]
+    assert errors["uint8_compressed"] <= 1 / 510 + 1e-6 and errors["float16_uncompressed"] <= 1e-3
 
 
 def test_markdown_holds_the_summary_table(quick_run):
     _, _, text = quick_run
     assert "## Summary" in text and "| item | measure | pipeline | baseline |" in text
-    for title in ("1. Evaluator", "2. CAM export", "3. CRF", "4. L2G training step", "5. Scale", "6. End to end"):
+    for title in ("1. Evaluator", "2. CAM export", "3. CRF", "4. L2G training step", "5. Scale", "6. End to end",
+                  "7. CAM files at VOC size"):
         assert title in text
 
 

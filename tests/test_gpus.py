@@ -5,6 +5,7 @@ and every test keeps its lock folder in tmp_path.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from l2g_core import gpus
 from l2g_core.errors import L2GError
 from l2g_core.stages.with_gpus import ddp_command
 
-from conftest import BIN
+from conftest import BIN, run_snakemake, tiny_config
 
 L2G = str(BIN / "l2g")
 
@@ -293,3 +294,39 @@ def test_snakemake_jobs_never_share_a_device(tmp_path, gpu_slots):
     assert all(x[0] != y[0] for x, y in overlapping), runs  # ... each on its own device
     if gpu_slots > 2:
         assert "waiting for 1 free GPU(s)" in result.stdout + result.stderr
+
+
+def job_spans(stdout):
+    """{(rule, wildcards): (start, end)}: the positions, in Snakemake's event order, at which each
+    job started and finished."""
+    started, finished, names = {}, {}, {}
+    for position, block in enumerate(re.split(r"\n(?=\[\w{3} \w{3} )", stdout)):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        jobid = re.search(r"^\s+jobid: (\d+)", block, re.M)
+        if rule and jobid:
+            wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+            names[jobid.group(1)] = (rule.group(1), wildcards.group(1) if wildcards else "")
+            started[jobid.group(1)] = position
+        for done in re.findall(r"Finished jobid: (\d+)", block):
+            finished[done] = position
+    return {names[j]: (started[j], finished[j]) for j in started if j in finished}
+
+
+def test_shipped_voc_jobs_keep_two_gpus_busy_with_8_cores(tmp_path):
+    # `--cores 8 --resources gpu=2` with the voc section's job settings: L2G and the control, and
+    # the CAM export shards, each run two at a time on distinct devices
+    config = tiny_config()
+    config["datasets"]["demo"]["jobs"] = dict(config["datasets"]["voc"]["jobs"], shards=2)
+    env = {gpus.FAKE_ENV: "2", gpus.LOCK_DIR_ENV: str(tmp_path / "locks")}
+    result = run_snakemake(tmp_path, "--cores", "8", "--resources", "gpu=2", "--",
+                           "results/demo/cams/manifest.json", "results/demo/control/model.pt", config=config, env=env)
+    output = result.stdout + result.stderr
+    spans = {rule: span for (rule, _), span in job_spans(output).items()}
+    (l2g_start, l2g_end), (control_start, control_end) = spans["train_l2g"], spans["train_control"]
+    assert l2g_start < control_end and control_start < l2g_end, spans  # side by side
+    logs = tmp_path / "results/demo/logs"
+    claimed = {name: re.search(r"claimed GPU\(s\) (\d)", (logs / f"{name}.log").read_text()).group(1)
+               for name in ("train_l2g", "train_control")}
+    assert sorted(claimed.values()) == ["0", "1"], claimed
+    # a GPU job's loader gets its threads less one (the voc default of 4 threads)
+    assert re.search(r"l2g train-l2g .* --workers 3 ", output)

@@ -325,3 +325,43 @@ def test_snakemake_killed_during_the_shards_redoes_only_the_unfinished_ones(tmp_
     assert same_files(straight, work / "results/demo/cls_cams", "*.npz")
     merged = [json.loads((folder / "manifest.json").read_text()) for folder in (straight, work / "results/demo/cls_cams")]
     assert merged[0]["ids"] == merged[1]["ids"] and merged[0]["files"] == merged[1]["files"]
+
+
+def test_snakemake_on_sigterm_lets_running_jobs_finish_starts_none_and_unlocks(tmp_path):
+    """What a scheduler sends at its time limit: SIGTERM to Snakemake alone, while the first two of
+    three CAM shards run (2 cores). The README's claim: it starts nothing new, lets the running jobs
+    finish, releases its lock; then the same command, without --unlock, does the rest."""
+    config = tiny_config()
+    config["datasets"]["demo"]["jobs"]["shards"] = SHARDS
+    work = tmp_path / "terminated"
+    work.mkdir()
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+               "--configfile", str(work / "config.yaml"), "--workflow-profile", str(REPO / "profiles" / "default"),
+               "--cores", "2", TARGET]
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    log, started = "", 0
+    try:
+        for line in process.stdout:
+            log += line
+            started += bool(re.match(r"\S*rule export_cams:", line))
+            if started == 2:  # two shards running, the third waiting for a core
+                process.send_signal(signal.SIGTERM)
+                break
+        log += process.stdout.read()
+        process.wait(timeout=600)
+    finally:
+        kill_session(process.pid)
+    jobs = shard_jobs(log)
+    finished = {jobs[int(j)] for j in re.findall(r"Finished jobid: (\d+) \(Rule: export_cams\)", log)}
+    present = {s for s in range(1, SHARDS + 1)
+               if (work / f"results/demo/cls_cams/manifest-shard-{s}-of-{SHARDS}.json").exists()}
+    assert process.returncode != 0 and not (work / TARGET).exists(), log[-3000:]
+    assert len(jobs) == 2, log[-3000:]  # the third shard was never started
+    assert finished == present == set(jobs.values()), log[-3000:]  # the two running ones finished
+    assert not session_processes(process.pid)
+    again = run_snakemake(work, "--cores", "2", TARGET, config=config)  # no --unlock needed
+    assert set(shard_jobs(again.stdout + again.stderr).values()) == set(range(1, SHARDS + 1)) - present
+    assert (work / TARGET).is_file()

@@ -91,6 +91,13 @@ def job_resources(rule):
     return {kind: job_setting(kind, rule) for kind in ("gpu", "mem_mb", "runtime")}
 
 
+def loader_workers(wildcards, threads, resources):
+    """--workers of a training job (its section's `workers`, placed after, wins): on GPUs, all
+    but one of the job's threads decode images while the main thread feeds the devices; on the
+    CPU none, since the job's threads are the computation."""
+    return f"--workers {max(threads - 1, 0) if resources.gpu else 0}"
+
+
 def launch(ddp=False):
     """The start of a job's shell line: torch threads as the job's threads, and `l2g with-gpus`,
     which claims the job's GPUs (none: CPU, said in the log) and hides every other device."""

@@ -12,6 +12,7 @@ rule train_seg:
         model=one_of(SEG_MODELS),
     params:
         source=seg_source,
+        workers=loader_workers,
         options=seg_flags,
     conda:
         CONDA_ENV
@@ -24,7 +25,7 @@ rule train_seg:
         **job_resources("train_seg"),
     shell:
         launch(ddp=True) + "l2g train-seg --manifest {input.manifest} {params.source} --out {output.model}"
-        " {params.options} > {log} 2>&1"
+        " {params.workers} {params.options} > {log} 2>&1"
 
 
 rule predict_seg:

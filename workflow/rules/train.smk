@@ -12,6 +12,7 @@ rule train_cls:
     output:
         model="results/{dataset}/cls/model.pt",
     params:
+        workers=loader_workers,
         options=stage_flags("train_cls"),
     conda:
         CONDA_ENV
@@ -23,7 +24,7 @@ rule train_cls:
     resources:
         **job_resources("train_cls"),
     shell:
-        launch(ddp=True) + "l2g train-cls --manifest {input.manifest} --out {output.model} {params.options} > {log} 2>&1"
+        launch(ddp=True) + "l2g train-cls --manifest {input.manifest} --out {output.model} {params.workers} {params.options} > {log} 2>&1"
 
 
 rule train_l2g:
@@ -35,6 +36,7 @@ rule train_l2g:
         l2g=one_of(L2G_RUNS),
     params:
         start=init_from,
+        workers=loader_workers,
         options=l2g_flags,
     conda:
         CONDA_ENV
@@ -47,7 +49,7 @@ rule train_l2g:
         **job_resources("train_l2g"),
     shell:
         launch(ddp=True) + "l2g train-l2g --manifest {input.manifest} {params.start} --out {output.model}"
-        " {params.options} > {log} 2>&1"
+        " {params.workers} {params.options} > {log} 2>&1"
 
 
 rule train_control:
@@ -57,6 +59,7 @@ rule train_control:
         model="results/{dataset}/control/model.pt",
     params:
         start=init_from,
+        workers=loader_workers,
         options=control_flags,
     conda:
         CONDA_ENV
@@ -69,4 +72,4 @@ rule train_control:
         **job_resources("train_control"),
     shell:
         launch(ddp=True) + "l2g train-cls --manifest {input.manifest} {params.start} --out {output.model}"
-        " {params.options} > {log} 2>&1"
+        " {params.workers} {params.options} > {log} 2>&1"
