@@ -2,7 +2,7 @@
 official style (per threshold, per image, per class PNG read and argmax; bench.reference).
 
 Both sides score the same test CAMs (made from the ground truth plus noise, bench.common) over the
-pipeline's default thresholds 0.05 ... 0.60: the pipeline from its float16 .npz files, the
+pipeline's default thresholds 0.05 ... 0.95: the pipeline from its .npz files, the
 reference from one 8-bit PNG per class holding the same values. Check: the mIoU at every threshold
 agrees to 1e-9. Target: the pipeline on 1 worker at least 5x faster than the reference.
 """

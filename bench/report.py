@@ -16,7 +16,7 @@ METHOD = {
         "1 and on 2 worker threads. Reference (`bench/reference.py`, written in the style of the official "
         "`scripts/evaluate_mthr_voc.py`): for each threshold, for each image, read the ground truth and one 8-bit "
         "PNG per present class, stack the scores with the threshold as background, argmax, histogram. Both score "
-        "the same CAMs over the default thresholds 0.05 ... 0.60: CAMs made deterministically from the ground truth "
+        "the same CAMs over the default thresholds 0.05 ... 0.95: CAMs made deterministically from the ground truth "
         "plus smooth noise (not from a classifier), quantised to 8 bits so that the pipeline's files and "
         "the reference's PNGs hold the same values (`bench/common.py`)."),
     "export": (
@@ -60,7 +60,7 @@ METHOD = {
         "500 x 375 (VOC's usual size), the demo's export scales and flips, the present classes only; each image's "
         "maps written as `l2g export-cams` writes them (uint8 round(255 x), compressed `.npz`) and as the earlier "
         "format (float16, uncompressed `.npz`), interleaved; read back with `load_cams`; the CAM mIoU is the best "
-        "of the threshold sweep (0.05 ... 0.60) against the ground truth resized with nearest."),
+        "of the threshold sweep (0.05 ... 0.95) against the ground truth resized with nearest."),
 }
 
 

@@ -53,6 +53,7 @@ def setup_runtime(device="auto"):
     torch_device = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
+        torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest kernels once
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
     return Runtime(torch_device, rank, world_size)

@@ -204,7 +204,9 @@ class Trainer:
         self.runtime = runtime
         self.out_dir = Path(out_dir)
         self.dataset = dataset
-        self.models = {name: model.to(runtime.device) for name, model in models.items()}
+        # channels-last is the layout the GPU's convolution kernels run fastest on
+        layout = torch.channels_last if runtime.device.type == "cuda" else torch.contiguous_format
+        self.models = {name: model.to(runtime.device, memory_format=layout) for name, model in models.items()}
         self.optimizer = build_optimizer(self.models.values(), settings)
         self.wrapped = {name: DistributedDataParallel(m) if runtime.distributed else m
                         for name, m in self.models.items()}
@@ -301,8 +303,8 @@ class Trainer:
                 with self.autocast():
                     losses = step(batch, generator)
                 (losses["loss"] / s.accumulate).backward()
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                for name, value in losses.items():  # summed on the device: read at log time, no sync per step
+                    sums[name] = sums.get(name, 0.0) + value.detach().double()
                 count += 1
                 if (index + 1) % s.accumulate == 0:
                     self.set_lr(epoch, update)
@@ -312,8 +314,8 @@ class Trainer:
                     if update % s.log_every == 0 or (index + 1) == batches:
                         self.history.append({"epoch": epoch + 1, "update": update,
                                              "lr": self.optimizer.param_groups[0]["lr"],
-                                             **{n: v / count for n, v in sums.items()}})
-                        bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
+                                             **{n: float(v) / count for n, v in sums.items()}})
+                        bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}")
                         sums, count = {}, 0
                 bar.update(1)
             bar.close()

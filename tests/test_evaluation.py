@@ -219,7 +219,21 @@ def test_cam_fixed_threshold_and_default_sweep(dataset, tmp_path):
     assert metrics["best_threshold"] == 0.5 and [s["threshold"] for s in metrics["sweep"]] == [0.5]
     assert evaluate(dataset, tmp_path / "cams", out) == 0
     assert [s["threshold"] for s in json.loads(out.read_text())["sweep"]] == [
-        0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6]
+        0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+
+
+@pytest.mark.parametrize("thresholds, edge", [((0.1, 0.25, 0.35), None), ((0.25, 0.35, 0.5), "low"),
+                                              ((0.05, 0.1, 0.25), "high")])
+def test_a_best_threshold_at_an_end_of_the_sweep_is_flagged(dataset, tmp_path, capsys, thresholds, edge):
+    write_cams(tmp_path / "cams")  # best at 0.25 of a sweep that holds it inside
+    out = tmp_path / "m.json"
+    assert evaluate(dataset, tmp_path / "cams", out, "--thresholds", *map(str, thresholds)) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["best_at_edge"] == edge
+    warning = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warning) == (edge is not None)
+    if edge:
+        assert f"the {edge} end of the sweep" in warning[0] and "widen --thresholds" in warning[0]
 
 
 def one_error_line(capsys):

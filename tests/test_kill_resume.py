@@ -275,22 +275,31 @@ def uninterrupted_cam_stage(work, config, out):
                  "--out", str(out / "miou.json")]) == 0
 
 
-def test_snakemake_killed_during_the_shards_redoes_only_the_unfinished_ones(tmp_path):
-    """The tiny demo up to the stage-1 CAM scores (synthetic data, prepare, stage 1, CAM export in
-    3 shards, gather, evaluate: the whole chain takes minutes per run on 2 cores), killed with
-    SIGKILL, Snakemake and its jobs, as soon as the first shard is done, then resumed; the scores
-    and CAM files equal those of the same jobs run uninterrupted in another folder."""
+def sharded_config():
     config = tiny_config()
     config["datasets"]["demo"]["jobs"]["shards"] = SHARDS
-    work = tmp_path / "killed"
+    return config
+
+
+def start_snakemake(work, config):
+    """Snakemake on TARGET in `work`, in a session of its own, its output piped."""
     work.mkdir()
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
                "--configfile", str(work / "config.yaml"), "--workflow-profile", str(REPO / "profiles" / "default"),
                "--cores", "2", TARGET]
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+    return subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def test_snakemake_killed_during_the_shards_redoes_only_the_unfinished_ones(tmp_path):
+    """The tiny demo up to the stage-1 CAM scores (synthetic data, prepare, stage 1, CAM export in
+    3 shards, gather, evaluate: the whole chain takes minutes per run on 2 cores), killed with
+    SIGKILL, Snakemake and its jobs, as soon as the first shard is done, then resumed; the scores
+    and CAM files equal those of the same jobs run uninterrupted in another folder."""
+    work, config = tmp_path / "killed", sharded_config()
+    process = start_snakemake(work, config)
     log = ""
     try:
         for line in process.stdout:  # kill the run, jobs and all, as soon as the first shard is done
@@ -331,17 +340,8 @@ def test_snakemake_on_sigterm_lets_running_jobs_finish_starts_none_and_unlocks(t
     """What a scheduler sends at its time limit: SIGTERM to Snakemake alone, while the first two of
     three CAM shards run (2 cores). The README's claim: it starts nothing new, lets the running jobs
     finish, releases its lock; then the same command, without --unlock, does the rest."""
-    config = tiny_config()
-    config["datasets"]["demo"]["jobs"]["shards"] = SHARDS
-    work = tmp_path / "terminated"
-    work.mkdir()
-    (work / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-               "--configfile", str(work / "config.yaml"), "--workflow-profile", str(REPO / "profiles" / "default"),
-               "--cores", "2", TARGET]
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+    work, config = tmp_path / "terminated", sharded_config()
+    process = start_snakemake(work, config)
     log, started = "", 0
     try:
         for line in process.stdout:

@@ -341,15 +341,22 @@ def test_l2g_targets_and_loss_are_the_official_ones(dataset):
 def official_voc_sample(rgb, sal, left, top, jitter_ops, stats):
     """VOCDataset_l2g_sal_crop.__getitem__ (utils/LoadData.py lines 341-359) for given draws: short
     side 512 (imutils.ResizeShort lines 24-41: image bicubic, saliency nearest), the crop box of
-    imutils.get_random_crop_box (lines 78-101) as (img_left, img_top) given, PIL crop, ColorJitter
-    (utils/transforms/transforms.py lines 537-579: the drawn operations in their shuffled order,
-    functional.py lines 392-494), ToTensor, Normalize; the saliency to [0, 1], over its maximum."""
+    imutils.get_random_crop_box (lines 78-101) as (img_left, img_top) given, PIL crop, then
+    official_jitter_and_tensors."""
     def short_512(image, resample):
         w, h = image.size
         size = (512, int(round(h * 512 / w))) if w < h else (int(round(w * 512 / h)), 512)
         return image.resize(size, resample=resample)
 
     image = short_512(Image.fromarray(rgb), Image.BICUBIC).crop((left, top, left + 448, top + 448))
+    sal = short_512(Image.fromarray(sal), Image.NEAREST).crop((left, top, left + 448, top + 448))
+    return official_jitter_and_tensors(image, sal, jitter_ops, stats)
+
+
+def official_jitter_and_tensors(image, sal, jitter_ops, stats):
+    """ColorJitter (utils/transforms/transforms.py lines 537-579: the drawn operations in their
+    shuffled order, functional.py lines 392-494), ToTensor, Normalize; the saliency to_tensor and
+    over its maximum (LoadData.py lines 358-359, 268-269)."""
     for name, factor in jitter_ops:
         if name == "hue":
             h, s, v = image.convert("HSV").split()
@@ -363,9 +370,19 @@ def official_voc_sample(rgb, sal, left, top, jitter_ops, stats):
     mean, std = stats
     tensor = (torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
               - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    sal = short_512(Image.fromarray(sal), Image.NEAREST).crop((left, top, left + 448, top + 448))
     sal = torch.from_numpy(np.asarray(sal, dtype=np.float32) / 255)[None]
     return tensor, sal / (sal.max() + 1e-10)
+
+
+def official_coco_sample(rgb, sal, jitter_ops):
+    """VOCDataset_l2g_sal.__getitem__ with train_l2g_sal_data_loader's transforms for COCO
+    (utils/LoadData.py lines 210-224, 259-269): Resize(448), which the vendored transforms turn
+    into a 448 x 448 warp (utils/transforms/transforms.py line 147, PIL bilinear), the colour
+    jitter, the COCO mean and std (lines 211-213); the saliency map resized to 448 x 448 (bilinear,
+    functional.resize's default) and divided by its maximum."""
+    image = Image.fromarray(rgb).resize((448, 448), Image.BILINEAR)
+    sal = Image.fromarray(sal).resize((448, 448), Image.BILINEAR)
+    return official_jitter_and_tensors(image, sal, jitter_ops, ((0.471, 0.448, 0.408), (0.234, 0.239, 0.242)))
 
 
 def test_voc_loader_is_the_official_one(tmp_path):
@@ -390,5 +407,24 @@ def test_voc_loader_is_the_official_one(tmp_path):
     ops_ = draw_jitter(section["jitter"], rng)
     assert top > 64 or left <= 64  # official axes: the top edge ranges over the width (0..320)
     image, saliency = official_voc_sample(rgb, sal, left, top, ops_, IMAGE_STATS["imagenet"])
+    torch.testing.assert_close(sample["image"], image, rtol=0, atol=1e-5)
+    torch.testing.assert_close(sample["saliency"], saliency, rtol=0, atol=1e-6)
+
+
+def test_coco_loader_is_the_official_one(tmp_path):
+    manifest_path = prepare_tiny_dataset(tmp_path, train=3, size=64)
+    manifest = yaml.safe_load(manifest_path.read_text())
+    section = CONFIG["coco"]["train_l2g"]
+    options = ImageOptions(resize=section["resize"], flip=section["flip"], jitter=tuple(section["jitter"]),
+                           saliency_norm=section["saliency_norm"], stats=section["image_stats"])
+    dataset = LabelledImages(manifest, "train", section["input_size"], saliency=True, options=options, seed=5)
+    rgb = np.asarray(Image.fromarray(dataset.layout.load_image(dataset.ids[1])).resize((96, 64)))
+    sal = np.rint(dataset.layout.load_saliency(dataset.ids[1]) * 255).astype(np.uint8)
+    sal = np.asarray(Image.fromarray(sal).resize((96, 64)))
+    dataset.layout.load_image = lambda image_id: rgb  # a landscape image, warped to a square
+    dataset.layout.load_saliency = lambda image_id: sal.astype(np.float32) / 255
+    sample = dataset[1]
+    ops_ = draw_jitter(section["jitter"], np.random.default_rng([5, 0, 1]))  # our draws for this sample
+    image, saliency = official_coco_sample(rgb, sal, ops_)
     torch.testing.assert_close(sample["image"], image, rtol=0, atol=1e-5)
     torch.testing.assert_close(sample["saliency"], saliency, rtol=0, atol=1e-6)

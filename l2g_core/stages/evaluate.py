@@ -7,7 +7,9 @@ threshold of --thresholds in one pass (or at one --threshold). Every id of the s
 Outputs (each written atomically and rewritten on every run, the JSON last):
     OUT.json        kind, split, num_images, num_pixels, miou, per_class_iou, precision, recall,
                     pixel_accuracy, class_names; for CAMs at the best threshold, plus
-                    best_threshold and sweep [{threshold, miou}, ...]
+                    best_threshold, best_at_edge ("low" or "high" when the best is the sweep's
+                    lowest or highest threshold, so the range may cut off the true best; else
+                    null) and sweep [{threshold, miou}, ...]
     OUT.csv         class, iou, precision, recall (one row per class, background first)
     OUT_sweep.csv   threshold, miou (CAMs only)
 """
@@ -30,7 +32,8 @@ from l2g_core.io_utils import write_json, write_text
 from l2g_core.parallel import available_cores
 
 PNG_SUFFIX = ".png"
-DEFAULT_THRESHOLDS = [round(float(t), 2) for t in np.arange(0.05, 0.601, 0.05)]
+# Weak CAMs on real photographs can peak at 0.6 and above: the sweep reaches 0.95 by default.
+DEFAULT_THRESHOLDS = [round(float(t), 2) for t in np.arange(0.05, 0.951, 0.05)]
 
 
 def configure(parser):
@@ -42,7 +45,7 @@ def configure(parser):
                         help="prediction kind (default auto: by the files in --pred)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--thresholds", type=float, nargs="+", metavar="T",
-                       help="CAMs: background thresholds to sweep (default 0.05 0.10 ... 0.60)")
+                       help="CAMs: background thresholds to sweep (default 0.05 0.10 ... 0.95)")
     group.add_argument("--threshold", type=float, metavar="T",
                        help="CAMs: evaluate at this one background threshold instead of a sweep")
     parser.add_argument("--workers", type=int, default=available_cores(), help="threads reading files")
@@ -139,6 +142,13 @@ def image_scorer(layout, pred_dir, kind, thresholds, num_labels):
     return score_png if kind == "png" else score_cam
 
 
+def sweep_edge(best, thresholds):
+    """"low" or "high" when the best threshold is an end of a sweep of several, else None."""
+    if len(thresholds) < 2:
+        return None
+    return "low" if best == thresholds[0] else "high" if best == thresholds[-1] else None
+
+
 def _or(value, default):
     return default if value is None else value
 
@@ -188,9 +198,13 @@ def run(args):
         [[n, best["per_class_iou"][n], best["precision"][n], best["recall"][n]] for n in names]))
     if sweep is not None:
         metrics["best_threshold"] = best_threshold
+        metrics["best_at_edge"] = sweep_edge(best_threshold, thresholds)
         metrics["sweep"] = sweep
         write_text(out.with_name(f"{out.stem}_sweep.csv"), csv_text(
             ["threshold", "miou"], [[s["threshold"], s["miou"]] for s in sweep]))
     write_json(out, metrics)
     at = f" at threshold {best_threshold:g}" if sweep is not None else ""
     print(f"{manifest['name']} {args.split}: mIoU {best['miou']:.4f}{at} over {len(ids)} images ({kind})")
+    if sweep is not None and metrics["best_at_edge"]:
+        print(f"warning: the best threshold {best_threshold:g} is the {metrics['best_at_edge']} end of the sweep "
+              f"{thresholds[0]:g}..{thresholds[-1]:g}; the best may lie beyond it (widen --thresholds)")

@@ -41,6 +41,7 @@ rule evaluate_cams:
         part=PARTS,
     params:
         split=scored_split,
+        options=lambda wc: cli_flags(DATASETS[wc.dataset].get("evaluate_cams") or {}),
     conda:
         CONDA_ENV
     log:
@@ -51,6 +52,6 @@ rule evaluate_cams:
     resources:
         **job_resources("evaluate_cams"),
     shell:
-        "l2g evaluate --manifest {input.manifest} --split {params.split} --kind cam"
+        "l2g evaluate --manifest {input.manifest} --split {params.split} --kind cam {params.options}"
         " --pred results/{wildcards.dataset}/{wildcards.cams} --out {output.metrics}"
         " --workers {threads} > {log} 2>&1"
