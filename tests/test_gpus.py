@@ -237,8 +237,11 @@ def test_exit_status_is_the_childs(tmp_path):
 def test_signals_are_forwarded_to_the_child(tmp_path, signum):
     name = signal.Signals(signum).name[3:]
     child = f"trap 'echo got-{name} > got; exit 7' {name}; touch started; while :; do sleep 0.05; done"
+    # the wrapper starts with the signal's default disposition: a shell that ran pytest in the
+    # background has it ignored, and an ignored signal rightly stays ignored (not forwarded)
     proc = subprocess.Popen([L2G, "with-gpus", "--count", "1", "--", "sh", "-c", child], cwd=tmp_path,
-                            env=gpu_env(tmp_path), stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=gpu_env(tmp_path), stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     try:
         wait_for((tmp_path / "started").exists, what="the child to start")
         proc.send_signal(signum)  # to the wrapper only; it passes it on
