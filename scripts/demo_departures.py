@@ -4,7 +4,7 @@ official value, every other stage copied from the demo run (so a variant retrain
 setting changes). Prints a Markdown table and writes it, with the numbers, to
 results/demo/departures/summary.{md,json}.
 
-    python scripts/demo_departures.py --cores 2     # about 25 minutes on 2 CPU cores
+    python scripts/demo_departures.py --cores 2     # over an hour on 2 CPU cores
 
 The variants are datasets demo_<name> (results/demo_<name>/) in a config written beside the
 summary; a variant already built is not rebuilt.
