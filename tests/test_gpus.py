@@ -316,13 +316,13 @@ def job_spans(stdout):
 
 
 def test_shipped_voc_jobs_keep_two_gpus_busy_with_8_cores(tmp_path):
-    # `--cores 8 --resources gpu=2` with the voc section's job settings: L2G and the control, and
-    # the CAM export shards, each run two at a time on distinct devices
+    # `--cores 8 --resources gpu=2` with the voc section's job settings: L2G and the control run
+    # side by side on distinct devices
     config = tiny_config()
-    config["datasets"]["demo"]["jobs"] = dict(config["datasets"]["voc"]["jobs"], shards=2)
+    config["datasets"]["demo"]["jobs"] = config["datasets"]["voc"]["jobs"]
     env = {gpus.FAKE_ENV: "2", gpus.LOCK_DIR_ENV: str(tmp_path / "locks")}
     result = run_snakemake(tmp_path, "--cores", "8", "--resources", "gpu=2", "--",
-                           "results/demo/cams/manifest.json", "results/demo/control/model.pt", config=config, env=env)
+                           "results/demo/l2g/model.pt", "results/demo/control/model.pt", config=config, env=env)
     output = result.stdout + result.stderr
     spans = {rule: span for (rule, _), span in job_spans(output).items()}
     (l2g_start, l2g_end), (control_start, control_end) = spans["train_l2g"], spans["train_control"]
