@@ -46,7 +46,7 @@ VARIANTS = {
     "no_global_cls": ("no classification loss on the global network (global_cls_weight: 0)",
                       {"train_l2g": {"global_cls_weight": 0.0}}, L2G_UPSTREAM),
     "kd_weight_10": ("kd_weight 10 (official VOC)", {"train_l2g": {"kd_weight": 10}}, L2G_UPSTREAM),
-    "l2g_official": ("all of the L2G settings above but the start, at once",
+    "l2g_official": ("all of the L2G settings above but the start and the crops, at once",
                      {"train_l2g": {"roi_align": "legacy", "saliency_resize": "nearest", "saliency_norm": "max",
                                     "background": "channel", "global_cls_weight": 0.0, "kd_weight": 10}},
                      L2G_UPSTREAM),
