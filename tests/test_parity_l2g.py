@@ -181,14 +181,22 @@ def _our_groups(net_g, net_l, settings):
     return optimizer, {id(p): g for g in optimizer.param_groups for p in g["params"]}
 
 
-def test_voc_l2g_groups_and_step_schedule_are_official(resnet38_file):
+def groups_of_both(resnet38_file, dataset, official_lr):
+    """The global and local networks from the ImageNet file, our optimizer over them with the
+    dataset's train_l2g settings, our groups by parameter, the official lr of every parameter."""
     path, _ = resnet38_file
-    section = CONFIG["voc"]["train_l2g"]
+    section = CONFIG[dataset]["train_l2g"]
     settings = stage_settings("train-l2g", section)
     net_g, net_l = load_classifier(path)[0].train(), load_classifier(path)[0].train()
     optimizer, ours = _our_groups(net_g, net_l, settings)
-    official = official_l2g_lrs(net_g, net_l, 0.001)  # train_l2g_sal_voc.sh: --lr=0.001
+    official = official_l2g_lrs(net_g, net_l, official_lr)
     assert set(ours) == set(official)
+    return section, settings, optimizer, ours, official
+
+
+def test_voc_l2g_groups_and_step_schedule_are_official(resnet38_file):
+    # train_l2g_sal_voc.sh: --lr=0.001
+    section, settings, optimizer, ours, official = groups_of_both(resnet38_file, "voc", 0.001)
     for group in optimizer.param_groups:  # SGD(momentum=0.9, weight_decay=5e-4, nesterov=True)
         assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.9, 0.0005, True)
     updates_per_epoch = 7
@@ -220,13 +228,8 @@ class OfficialPolyOptimizer(torch.optim.SGD):
 
 
 def test_coco_l2g_poly_optimizer_is_official_momentum_bug_included(resnet38_file):
-    path, _ = resnet38_file
-    section = CONFIG["coco"]["train_l2g"]
-    settings = stage_settings("train-l2g", section)
-    net_g, net_l = load_classifier(path)[0].train(), load_classifier(path)[0].train()
-    optimizer, ours = _our_groups(net_g, net_l, settings)
-    lrs = official_l2g_lrs(net_g, net_l, 0.1)  # train_l2g_sal_coco.sh: LR=0.1, --poly_optimizer
-    assert set(ours) == set(lrs)
+    # train_l2g_sal_coco.sh: LR=0.1, --poly_optimizer
+    _, settings, optimizer, ours, lrs = groups_of_both(resnet38_file, "coco", 0.1)
     total = 5
     params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(8)]
     base = [0.1, 0.1, 0.2, 0.2, 1.0, 1.0, 2.0, 2.0]  # the 1x/2x/10x/20x groups of both networks
