@@ -100,6 +100,24 @@ def check_dataset(name, dataset):
     for key, options in budgets.items():
         if ("epochs" in options) == ("iterations" in options):
             raise L2GError(f"datasets.{name}.{key}: give the training budget as epochs or iterations, one of them")
+    check_global_batches(name, dataset)
+
+
+# The training rules and the config section each takes its batch size from (the control trains
+# as L2G does).
+BATCH_SECTIONS = {"train_cls": "train_cls", "train_l2g": "train_l2g", "train_control": "train_l2g",
+                  "train_seg": "train_seg"}
+
+
+def check_global_batches(name, dataset):
+    """batch_size is the global batch: a training job on N GPUs runs N DDP processes of
+    batch_size / N images each, so N must divide it."""
+    gpus = dataset["jobs"]["gpu"]
+    for rule, section in BATCH_SECTIONS.items():
+        count, batch = gpus.get(rule, gpus["default"]), dataset[section]["batch_size"]
+        if count > 1 and batch % count:
+            raise L2GError(f"datasets.{name}.{section}.batch_size: {batch} (the global batch) does not split "
+                           f"over the {count} GPUs of jobs.gpu.{rule}; give a multiple of {count}")
 
 
 def check_inits(name, dataset):

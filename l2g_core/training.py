@@ -4,8 +4,18 @@ SGD with the official parameter groups (1x / 2x / 10x / 20x the base learning ra
 pretrained weights / pretrained biases / new weights / new biases), a step or poly schedule,
 gradient accumulation, bf16 autocast on CUDA, DDP under torchrun, a tqdm bar, a CSV loss log and
 a checkpoint after every epoch that holds everything needed to continue exactly: models,
-optimizer, epoch, history and RNG states. Data order and every random draw of a step are derived
-from (seed, epoch, step), so a resumed run is bit-identical to an uninterrupted one on the CPU.
+optimizer, epoch and history. Data order and every random draw are derived from (seed, epoch,
+step) and the global RNGs are reseeded at each epoch, so a resumed run is bit-identical to an
+uninterrupted one on the CPU.
+
+DDP keeps the recipe: `batch_size` is the global batch, split evenly over the processes. Rank r
+takes positions r, r + W, r + 2W, ... of every global batch (W processes; see epoch_order), so
+the processes together see exactly the images one process would, and since every loss is a mean
+over equal per-image shares, DDP's average of the processes' gradients is the one-process
+gradient of the global batch. What still differs is what depends on the process: dropout masks
+(global RNG, seeded with seed + rank), BatchNorm statistics in training mode (per process; the
+official recipes freeze BatchNorm) and a loss averaged over a number of pixels that varies per
+image (DeepLab's ignored label 255: averaged within each process first).
 """
 
 import argparse
@@ -25,7 +35,7 @@ from l2g_core.data.manifest import load_manifest
 from l2g_core.data.torch_data import RESIZE_MODES, ImageOptions
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import atomic_path, remove_stale_temporaries, write_text
-from l2g_core.runtime import restore_rng_states, rng_states, seed_everything, setup_runtime
+from l2g_core.runtime import seed_everything, setup_runtime
 
 LR_MULTIPLIERS = (1.0, 2.0, 10.0, 20.0)
 
@@ -56,7 +66,8 @@ def add_training_arguments(parser):
     budget = group.add_mutually_exclusive_group(required=True)
     budget.add_argument("--epochs", type=int, help="training budget in epochs")
     budget.add_argument("--iterations", type=int, help="training budget in optimizer updates (DeepLab style)")
-    group.add_argument("--batch-size", type=int, required=True, help="images per step and process")
+    group.add_argument("--batch-size", type=int, required=True,
+                       help="images per step, all processes together (DDP splits it evenly)")
     group.add_argument("--lr", type=float, required=True, help="base learning rate (new layers get 10x/20x)")
     group.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default 5e-4)")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
@@ -179,16 +190,39 @@ def file_digest(path, chunk=1 << 20):
 
 
 def epoch_order(num_items, seed, epoch, rank=0, world_size=1):
-    """The shuffled indices one process visits in one epoch (equal counts across processes)."""
+    """The shuffled indices one process visits in one epoch (equal counts across processes).
+
+    Strided: with per-process batches of b = B / W, batch i of rank r holds the global order's
+    positions i*B + r + W*k (k < b), so the W batches of step i are together the one-process
+    batch i of size B."""
     generator = torch.Generator().manual_seed(seed * 1000003 + epoch)
     order = torch.randperm(num_items, generator=generator)
     usable = num_items - num_items % world_size
     return order[:usable][rank::world_size].tolist()
 
 
-def step_seed(seed, epoch, index, rank):
-    """The seed of every random draw (crops, ...) of one step: a function of where it is, only."""
-    return ((seed * 1009 + epoch) * 1_000_003 + index) * 257 + rank
+def step_seed(seed, epoch, index):
+    """The seed of every random draw (crops, ...) of one global step: a function of where it is,
+    only. Every process draws for the whole global batch and keeps its own rows (`own_rows`)."""
+    return ((seed * 1009 + epoch) * 1_000_003 + index) * 257
+
+
+def epoch_seed(seed, epoch, rank):
+    """The seed of the global RNGs (dropout) of one process in one epoch: seed + rank, then epoch."""
+    return (seed + rank) * 1_000_003 + epoch
+
+
+def own_rows(draws, runtime):
+    """This process's rows of per-image draws made for the whole global batch (epoch_order)."""
+    return draws[runtime.rank::runtime.world_size]
+
+
+def split_batch(settings, world_size):
+    """Images per step and process: the global batch split evenly, or a one-line error."""
+    if settings.batch_size % world_size:
+        raise L2GError(f"--batch-size {settings.batch_size} (the global batch) does not split evenly over "
+                       f"{world_size} DDP processes: give a multiple of {world_size}")
+    return settings.batch_size // world_size
 
 
 class Trainer:
@@ -210,12 +244,15 @@ class Trainer:
         self.optimizer = build_optimizer(self.models.values(), settings)
         self.wrapped = {name: DistributedDataParallel(m) if runtime.distributed else m
                         for name, m in self.models.items()}
+        self.batch_size = split_batch(settings, runtime.world_size)
+        # the process count is part of the run: a resume on another count starts again, and says so
         self.fingerprint = fingerprint({"settings": asdict(settings), "describe": describe,
+                                        "world_size": runtime.world_size,
                                         "inputs": {str(p): file_digest(p) for p in inputs if p}})
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         self.history = []
         self.start_epoch = 0
-        per_epoch = len(dataset) // runtime.world_size // settings.batch_size  # as epoch_order shards
+        per_epoch = len(dataset) // runtime.world_size // self.batch_size  # as epoch_order shards
         if per_epoch < 1:
             raise L2GError(f"only {len(dataset)} training images for a batch size of {settings.batch_size}")
         self.updates_per_epoch = max(1, per_epoch // settings.accumulate)
@@ -242,13 +279,15 @@ class Trainer:
         except Exception as error:  # e.g. emptied by a crash of its machine before the data reached the disk
             return f"ignoring {self.checkpoint_path}: unreadable ({type(error).__name__}); starting from epoch 0"
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            return f"ignoring {self.checkpoint_path}: made with other settings; starting from epoch 0"
+            saved = state.get("world_size", 1) if isinstance(state, dict) else 1
+            why = f"made by {saved} DDP process(es), this run has {self.runtime.world_size}" \
+                if saved != self.runtime.world_size else "made with other settings or inputs"
+            return f"ignoring {self.checkpoint_path}: {why}; starting from epoch 0"
         for name, model in self.models.items():
             model.load_state_dict(state["models"][name])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = state["history"]
         self.start_epoch = state["epoch"] + 1
-        restore_rng_states(state["rng"])
         return f"resumed from {self.checkpoint_path} after epoch {state['epoch'] + 1}"
 
     def save_checkpoint(self, epoch):
@@ -256,7 +295,7 @@ class Trainer:
             return
         state = {"models": {n: m.state_dict() for n, m in self.models.items()},
                  "optimizer": self.optimizer.state_dict(), "epoch": epoch, "history": self.history,
-                 "rng": rng_states(), "fingerprint": self.fingerprint}
+                 "world_size": self.runtime.world_size, "fingerprint": self.fingerprint}
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
         self.write_log()
@@ -271,7 +310,7 @@ class Trainer:
     def loader(self, epoch):
         self.dataset.epoch = epoch
         order = epoch_order(len(self.dataset), self.settings.seed, epoch, self.runtime.rank, self.runtime.world_size)
-        return DataLoader(self.dataset, batch_size=self.settings.batch_size, sampler=order, drop_last=True,
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=order, drop_last=True,
                           num_workers=self.settings.workers, pin_memory=self.runtime.device.type == "cuda")
 
     def set_lr(self, epoch, update):
@@ -279,13 +318,32 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
 
+    def no_sync(self, micro_step):
+        """DDP's gradient all-reduce only on the last micro-step of an accumulated update: the
+        others add to the local gradients (DistributedDataParallel.no_sync)."""
+        stack = contextlib.ExitStack()
+        if self.runtime.distributed and micro_step:
+            for model in self.wrapped.values():
+                stack.enter_context(model.no_sync())
+        return stack
+
+    def mean_losses(self, sums, count):
+        """The losses since the last log row, averaged over the steps and (DDP) the processes: the
+        one read of device values, once per log row."""
+        names = list(sums)
+        values = torch.stack([sums[n] for n in names]) / count
+        if self.runtime.distributed:
+            torch.distributed.all_reduce(values)
+            values /= self.runtime.world_size
+        return dict(zip(names, values.tolist()))
+
     def fit(self, step):
-        seed_everything(self.settings.seed)
         message = self.resume()
         if self.runtime.is_main:
             print(message, flush=True)
         s = self.settings
         for epoch in range(self.start_epoch, self.epochs):
+            seed_everything(epoch_seed(s.seed, epoch, self.runtime.rank))
             for model in self.models.values():
                 model.train()
             sums, count = {}, 0
@@ -299,14 +357,16 @@ class Trainer:
                     break
                 batch = {k: v.to(self.runtime.device, non_blocking=True) if torch.is_tensor(v) else v
                          for k, v in batch.items()}
-                generator = torch.Generator().manual_seed(step_seed(s.seed, epoch, index, self.runtime.rank))
-                with self.autocast():
-                    losses = step(batch, generator)
-                (losses["loss"] / s.accumulate).backward()
+                generator = torch.Generator().manual_seed(step_seed(s.seed, epoch, index))
+                last_micro_step = (index + 1) % s.accumulate == 0
+                with self.no_sync(not last_micro_step):
+                    with self.autocast():
+                        losses = step(batch, generator)
+                    (losses["loss"] / s.accumulate).backward()
                 for name, value in losses.items():  # summed on the device: read at log time, no sync per step
                     sums[name] = sums.get(name, 0.0) + value.detach().double()
                 count += 1
-                if (index + 1) % s.accumulate == 0:
+                if last_micro_step:
                     self.set_lr(epoch, update)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -314,7 +374,7 @@ class Trainer:
                     if update % s.log_every == 0 or (index + 1) == batches:
                         self.history.append({"epoch": epoch + 1, "update": update,
                                              "lr": self.optimizer.param_groups[0]["lr"],
-                                             **{n: float(v) / count for n, v in sums.items()}})
+                                             **self.mean_losses(sums, count)})
                         bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}")
                         sums, count = {}, 0
                 bar.update(1)

@@ -32,6 +32,10 @@ def test_shipped_config_is_valid(config):
      "datasets.voc.root: folder /no/such/folder does not exist"),
     (lambda c: c["datasets"]["voc"].pop("splits"), "datasets.voc: missing key 'splits'"),
     (lambda c: c["datasets"]["demo"].update(root="/tmp"), "datasets.demo.root: a synthetic dataset"),
+    # the official global batch of 3 cannot be split over 2 DDP processes
+    (lambda c: c["datasets"]["voc"]["jobs"]["gpu"].update(train_control=2),
+     "datasets.voc.train_l2g.batch_size: 3 (the global batch) does not split over the 2 GPUs of "
+     "jobs.gpu.train_control; give a multiple of 2"),
 ])
 def test_mistakes_give_one_line_naming_the_key(config, mutate, expected):
     broken = copy.deepcopy(config)

@@ -2,15 +2,19 @@
 
 import os
 import signal
+import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from l2g_core.cli import main
+from l2g_core.errors import L2GError
 from l2g_core.model_io import load_classifier
-from l2g_core.training import TrainSettings, epoch_order, lr_factor
+from l2g_core.models import build_backbone
+from l2g_core.training import TrainSettings, epoch_order, epoch_seed, lr_factor, split_batch
 
 from conftest import BIN, prepare_tiny_dataset
 
@@ -121,7 +125,7 @@ def test_changed_settings_do_not_resume_a_stale_checkpoint(manifest, tmp_path):
     base = ["train-cls", "--manifest", str(manifest), "--out", str(out), "--epochs", "1", *CLS_OPTIONS]
     assert main(base) == 0
     result = subprocess.run(_l2g(*base, "--lr", "0.02"), capture_output=True, text=True)
-    assert result.returncode == 0 and "made with other settings; starting from epoch 0" in result.stdout
+    assert result.returncode == 0 and "made with other settings or inputs; starting from epoch 0" in result.stdout
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -159,6 +163,105 @@ def test_ddp_over_two_cpu_processes(manifest, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "DDP rank 0 of 2" in result.stdout
     load_classifier(out)
+
+
+def test_two_ddp_processes_train_as_one_process_on_the_global_batch(manifest, tmp_path):
+    """--batch-size is the global batch: 2 gloo processes of 2 images each, accumulating 2 steps
+    per update (no gradient all-reduce on the first), end where 1 process with batches of 4 ends.
+    A saved backbone as init freezes BatchNorm (as the official recipes do), and random crop boxes
+    are drawn per image of the global batch. A resume on another process count says why it
+    starts again."""
+    torch.manual_seed(3)
+    init = tmp_path / "backbone.pt"
+    torch.save(build_backbone("small").state_dict(), init)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    options = ["train-l2g", "--manifest", str(manifest), "--backbone", "small", "--init", str(init), "--epochs", "2",
+               "--accumulate", "2", "--crop-layout", "random", "--device", "cpu", "--log-every", "1", *L2G_OPTIONS]
+    two = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "l2g_core.cli",
+                          *options, "--out", str(tmp_path / "two.pt")], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    two_log = (tmp_path / "train_log.csv").read_text()
+    one = subprocess.run(_l2g(*options, "--out", str(tmp_path / "one.pt")), capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert f"ignoring {tmp_path / 'checkpoint.pt'}: made by 2 DDP process(es), this run has 1; " \
+           "starting from epoch 0" in one.stdout
+    one_log = (tmp_path / "train_log.csv").read_text()
+    assert len(one_log.splitlines()) == 1 + 2 * 3  # 24 images / 4 per update = 6 updates, one row each
+    for row_one, row_two in zip(one_log.splitlines()[1:], two_log.splitlines()[1:], strict=True):
+        assert [float(v) for v in row_one.split(",")] == pytest.approx([float(v) for v in row_two.split(",")],
+                                                                      rel=1e-4)
+    start = torch.load(init, weights_only=True)
+    for key in ("state_dict", "local_state_dict"):
+        weights_one = torch.load(tmp_path / "one.pt", weights_only=True)[key]
+        weights_two = torch.load(tmp_path / "two.pt", weights_only=True)[key]
+        for name, value in weights_one.items():
+            torch.testing.assert_close(weights_two[name], value, rtol=1e-4, atol=1e-6)
+    moved = [name for name, value in start.items() if not torch.equal(weights_one[name], value)]
+    assert len(moved) >= 8  # the eight convolutions trained: the comparison is of trained weights
+
+
+class _Numbers(torch.utils.data.Dataset):
+    epoch = 0
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        return {"image": torch.full((3,), float(index)), "label": torch.tensor(index % 2.0)}
+
+
+class _Line(torch.nn.Linear):
+    def param_groups(self):
+        return [[self.weight], [self.bias], [], []]
+
+
+def _count_gradient_reductions(rank, port, out_dir):
+    """One of 2 gloo processes: 4 updates of 2 accumulated micro-steps on a linear model; writes
+    how many gradient all-reduces DDP started."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    from l2g_core.runtime import setup_runtime
+    from l2g_core.training import Trainer
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    settings = TrainSettings(epochs=1, batch_size=2, lr=0.1, accumulate=2)
+    trainer = Trainer({"line": _Line(3, 1)}, _Numbers(), settings, setup_runtime("cpu"), out_dir, {"test": 1})
+    calls, seeds = [], []
+
+    def counting_hook(state, bucket):
+        calls.append(1)
+        return allreduce_hook(state, bucket)
+
+    trainer.wrapped["line"].register_comm_hook(None, counting_hook)
+    def step(batch, generator):
+        seeds.append(torch.initial_seed())
+        return {"loss": (trainer.wrapped["line"](batch["image"])[:, 0] - batch["label"]).square().mean()}
+
+    trainer.fit(step)
+    (Path(out_dir) / f"reductions-{rank}").write_text(f"{len(calls)} {set(seeds)}")
+    torch.distributed.destroy_process_group()
+
+
+def test_accumulated_micro_steps_skip_the_gradient_all_reduce(tmp_path):
+    """no_sync on all but the last micro-step: one all-reduce per update, not one per micro-step.
+    Each process seeds its global RNGs (dropout) with seed + rank."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_count_gradient_reductions, args=(port, str(tmp_path)), nprocs=2)
+    # 16 items, global batch 2 (1 per process), 2 micro-steps per update: 8 micro-steps, 4 updates
+    assert [(tmp_path / f"reductions-{rank}").read_text() for rank in (0, 1)] == \
+        [f"4 {{{epoch_seed(0, 0, 0)}}}", f"4 {{{epoch_seed(0, 0, 1)}}}"]
+    assert epoch_seed(0, 0, 1) == epoch_seed(1, 0, 0) != epoch_seed(0, 0, 0)  # seed + rank
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_one_line():
+    assert split_batch(TrainSettings(epochs=1, batch_size=6, lr=0.1), 2) == 3
+    with pytest.raises(L2GError, match=r"^--batch-size 3 \(the global batch\) does not split evenly over 2 DDP "
+                                       r"processes: give a multiple of 2$"):
+        split_batch(TrainSettings(epochs=1, batch_size=3, lr=0.1), 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (AMP and device placement)")

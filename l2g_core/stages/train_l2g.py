@@ -24,6 +24,7 @@ from l2g_core.training import (
     add_image_arguments,
     add_training_arguments,
     image_options_from_args,
+    own_rows,
     start_training,
 )
 
@@ -133,8 +134,9 @@ def run(args):
     net_g, net_l = trainer.wrapped["global"], trainer.wrapped["local"]
 
     def step(batch, generator):
-        boxes = sample_boxes(len(batch["image"]), args.num_crops, args.crop_size, args.input_size, generator,
-                             corners=args.crop_layout == "corners")
+        # drawn for the whole global batch, so that the boxes of an image do not depend on the process count
+        boxes = own_rows(sample_boxes(len(batch["image"]) * runtime.world_size, args.num_crops, args.crop_size,
+                                      args.input_size, generator, corners=args.crop_layout == "corners"), runtime)
         return l2g_losses(net_g, net_l, batch, boxes, args, global_net.stride)
 
     trainer.fit(step)
