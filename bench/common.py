@@ -121,6 +121,38 @@ def synthetic_dataset(ctx, num_train, size, *, num_val=1, seed=0):
     return ctx.cache[key]
 
 
+VOC_SIZE = (500, 375)  # width, height of a typical PASCAL VOC photograph
+
+
+def voc_sized_dataset(ctx, count):
+    """The first `count` images of a synthetic dataset scaled to VOC's 500 x 375 (images bicubic,
+    JPEG quality 90; masks nearest; saliency bilinear) in a VOC folder of their own, with a
+    manifest that points at it; returns the manifest path."""
+    from PIL import Image
+
+    from l2g_core.data.layout import IMAGE_DIR, MASK_DIR, SALIENCY_DIR, VOCLayout
+
+    key = ("voc_sized", count)
+    if key not in ctx.cache:
+        source = load_manifest(synthetic_dataset(ctx, max(count, 12), 128))
+        layout, root = VOCLayout(source["root"]), ctx.folder(f"voc_sized_{count}", "data")
+        for folder in (IMAGE_DIR, MASK_DIR, SALIENCY_DIR):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        for image_id in split_ids(source, "train")[:count]:
+            Image.open(layout.image_path(image_id)).resize(VOC_SIZE, Image.BICUBIC).save(
+                root / IMAGE_DIR / f"{image_id}.jpg", quality=90)
+            Image.open(layout.mask_path(image_id)).resize(VOC_SIZE, Image.NEAREST).save(
+                root / MASK_DIR / f"{image_id}.png")
+            Image.open(layout.saliency_path(image_id)).resize(VOC_SIZE, Image.BILINEAR).save(
+                root / SALIENCY_DIR / f"{image_id}.png")
+        path = subset_manifest(synthetic_dataset(ctx, max(count, 12), 128), count, root.parent / "prep")
+        manifest = json.loads(path.read_text())
+        manifest["root"] = str(root)
+        path.write_text(json.dumps(manifest, indent=2))
+        ctx.cache[key] = path
+    return ctx.cache[key]
+
+
 def subset_manifest(manifest_path, count, out_dir):
     """A copy of a manifest whose train split is the first `count` ids (the data stays shared)."""
     manifest = load_manifest(manifest_path)

@@ -8,6 +8,9 @@ TITLES = {
     "scale": "5. Scale",
     "e2e": "6. End to end (demo)",
     "cam_storage": "7. CAM files at VOC size",
+    "loader": "8. Data loaders against a GPU's appetite",
+    "makespan": "9. Two GPUs busy (makespan)",
+    "gpu": "10. GPU check (python -m bench --gpu)",
 }
 
 METHOD = {
@@ -61,6 +64,28 @@ METHOD = {
         "maps written as `l2g export-cams` writes them (uint8 round(255 x), compressed `.npz`) and as the earlier "
         "format (float16, uncompressed `.npz`), interleaved; read back with `load_cams`; the CAM mIoU is the best "
         "of the threshold sweep (0.05 ... 0.95) against the ground truth resized with nearest."),
+    "loader": (
+        "One data-loader worker's samples per second (the dataset's `__getitem__` in this process: decode, "
+        "augment, normalise) for the voc recipe's three training inputs on demo images scaled to 500 x 375: "
+        "classifier and L2G (short side 512, 448 crop, official jitter; L2G adds the saliency crop), DeepLab "
+        "(scale 0.5-1.5, 321 crop). Beside it, what one GPU trains per second at 40% of its dense bf16 peak "
+        "(A100 312, H100/H200 989 TFLOP/s), from the FLOPs of one training sample counted by torch's "
+        "`FlopCounterMode` on the meta device (forward and backward; ResNet-38 + PCM at 448; L2G adds the local "
+        "network on 6 crops of 320; DeepLab-v2 ResNet-101 MSC at 321), and the workers that takes."),
+    "makespan": (
+        "The demo workflow shrunk (64 px, a few epochs) with the voc section's `jobs` (4 threads per GPU job), "
+        "`snakemake results/demo/miou.json --cores 8 --resources gpu=2` with `L2G_FAKE_GPUS=2` (claims, "
+        "devices and locks real; the computation on this CPU). From Snakemake's log (1 s resolution): the sum of "
+        "the GPU jobs' run times against the time during which at least one ran; the ratio is the mean number "
+        "of GPU jobs running while any does (2.00: both GPUs always busy). Not in `--quick` (a whole "
+        "workflow run); tests/test_gpus.py checks the overlap."),
+    "gpu": (
+        "Runs only on a CUDA device (`python -m bench --gpu`): the L2G training step of the voc architecture "
+        "(ResNet-38 + PCM, batch 3 at 448, 6 crops of 320) in bf16 with channels-last, its model FLOP "
+        "utilisation against the device's dense bf16 peak; CAM export images/s of ResNet-38 on VOC-sized "
+        "images in fp32 and bf16 and their largest CAM difference; the export computation and the training "
+        "step under `torch.cuda.set_sync_debug_mode(\"error\")`; `l2g with-gpus --count 1 --ddp -- l2g "
+        "train-cls --device cuda`; and the CUDA tests the CPU suite skips."),
 }
 
 
@@ -212,7 +237,7 @@ def findings(result):
 
 
 def describe_run(number, run):
-    items = "all items" if len(run["items"]) == len(TITLES) else "items " + ", ".join(run["items"])
+    items = "all items" if len(run["items"]) >= len(TITLES) - 1 else "items " + ", ".join(run["items"])
     return (f"{number}. `{run['command']}`: {run['date']}, {items}; {'quick' if run['quick'] else 'full'} mode, "
             f"warm-up {run['warmup']}, repeats {run['repeats']}, {run['threads']} torch threads, device "
             f"{run['device']}; {run['wall_s'] / 60:.1f} min; load average (1, 5, 15 min) "

@@ -3,6 +3,7 @@
     python -m bench                              # everything (about 15-30 minutes on 2 CPU cores)
     python -m bench --quick                      # tiny inputs, seconds: checks both sides agree
     python -m bench --only evaluator,crf         # some items
+    python -m bench --gpu                        # the GPU check, on a CUDA device (under 8 minutes)
     python bench/run.py ...                      # the same
     python -m bench --render bench/results.json  # rewrite docs/benchmarks.md from a run's JSON
 
@@ -28,7 +29,9 @@ if __package__ in (None, ""):  # run as a file: python bench/run.py
 
 from bench import common, report  # noqa: E402
 
-ITEMS = ("evaluator", "export", "crf", "train_step", "scale", "e2e", "cam_storage")
+ITEMS = ("evaluator", "export", "crf", "train_step", "scale", "e2e", "cam_storage", "loader", "makespan", "gpu")
+GPU_ONLY = ("gpu",)  # run by --gpu (or --only gpu), never by default
+NOT_QUICK = ("makespan",)  # a whole workflow run: its overlap is what tests/test_gpus.py checks
 
 
 def parse_args(argv):
@@ -36,6 +39,8 @@ def parse_args(argv):
     parser.add_argument("--render", metavar="JSON",
                         help="run nothing: write the markdown (--out) of an earlier run's JSON again")
     parser.add_argument("--quick", action="store_true", help="tiny inputs, one repeat: checks agreement in seconds")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU check alone (item gpu): needs a CUDA device, under 8 minutes")
     parser.add_argument("--only", help=f"comma-separated items to run, of: {', '.join(ITEMS)} (default all)")
     parser.add_argument("--out", help="markdown file to write (default docs/benchmarks.md; none with --quick)")
     parser.add_argument("--json", help="JSON file to write (default bench/results.json; none with --quick)")
@@ -61,7 +66,9 @@ def parse_args(argv):
                         help="item 6: the demo's results folder holding benchmarks/*.tsv (default results/demo)")
     args = parser.parse_args(argv)
     args.argv = list(argv)
-    args.items = ITEMS if not args.only else tuple(i.strip() for i in args.only.split(",") if i.strip())
+    default = tuple(i for i in ITEMS if i not in GPU_ONLY and not (args.quick and i in NOT_QUICK))
+    args.items = GPU_ONLY if args.gpu else default if not args.only else \
+        tuple(i.strip() for i in args.only.split(",") if i.strip())
     unknown = [i for i in args.items if i not in ITEMS]
     if unknown:
         parser.error(f"--only: unknown item(s) {', '.join(unknown)}; choose from {', '.join(ITEMS)}")
@@ -101,6 +108,9 @@ def main(argv=None):
         return 0
     import torch
 
+    if "gpu" in args.items and not torch.cuda.is_available():
+        print("python -m bench --gpu: no CUDA device is visible to this process", file=sys.stderr)
+        return 1
     threads = args.threads if args.threads is not None else (1 if args.quick else None)
     saved = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     if threads is not None:

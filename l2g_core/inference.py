@@ -1,7 +1,8 @@
 """Multi-scale, flipped inference over whole images (DeepLab prediction), images batched by size.
 
 Images of the same size are batched; each scale runs once for the batch and its mirror image
-together, and the maps are resized back to the original size, un-flipped and summed.
+together (multiscale_views, on the device); the maps are resized back to the original size,
+un-flipped and summed (combine_views, wherever the maps are: the labelling job is on the CPU).
 """
 
 import torch
@@ -12,23 +13,36 @@ from l2g_core.data.torch_data import normalise
 
 
 @torch.no_grad()
-def multiscale_sum(forward, images, scales, flip, post=None):
-    """Sum over scales (and flips) of `forward(scaled batch)` resized to the input size.
+def multiscale_views(forward, images, scales, flip):
+    """The network's maps of every view of a batch, at the network's resolution.
 
-    forward: (N, 3, h, w) -> (N, K, h', w') maps; post: applied after resizing (e.g. softmax of
-    logits), or None. images: (B, 3, H, W) of equal size. Returns (B, K, H, W).
-    """
+    images: (B, 3, H, W) of equal size. Returns one (B, K, h, w) float tensor per view, in the
+    order scale 1, scale 1 flipped (with `flip`), scale 2, ...; a flipped view stays mirrored
+    (combine_views mirrors it back after resizing)."""
     height, width = images.shape[-2:]
     batch = torch.cat([images, images.flip(-1)]) if flip else images
-    total = 0
+    views = []
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         scaled = F.interpolate(batch, size=size, mode="bilinear", align_corners=False) if scale != 1 else batch
-        maps = F.interpolate(forward(scaled).float(), size=(height, width), mode="bilinear", align_corners=False)
-        if post is not None:
-            maps = post(maps)
+        maps = forward(scaled).float()
+        views.extend(maps.split(len(images)) if flip else [maps])
+    return views
+
+
+def combine_views(views, size, flip, post=None):
+    """Sum of the views of multiscale_views, each resized to `size` (H, W), `post` applied (e.g.
+    the softmax of logits) and, for a flipped view, mirrored back. Returns (B, K, H, W)."""
+    def resized(maps):
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        return maps if post is None else post(maps)
+
+    total = 0
+    per_scale = 2 if flip else 1
+    for start in range(0, len(views), per_scale):
+        maps = resized(views[start])
         if flip:
-            maps = maps[: len(images)] + maps[len(images):].flip(-1)
+            maps = maps + resized(views[start + 1]).flip(-1)
         total = total + maps
     return total
 

@@ -1,6 +1,7 @@
 """Mapping a function over images in forked worker processes (shared by the per-image stages)."""
 
 import collections
+import concurrent.futures
 import multiprocessing
 import os
 
@@ -39,3 +40,17 @@ def bounded_map(func, items, workers):
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def threaded_map(func, items, in_flight=8):
+    """Yield func(item) in order from one background thread, taking items while fewer than
+    `in_flight` wait: for writing files (compression and disk time release the GIL) while the
+    caller, e.g. a GPU loop, goes on producing."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+        pending = collections.deque()
+        for item in items:
+            pending.append(writer.submit(func, item))
+            if len(pending) >= in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

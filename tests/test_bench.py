@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is a folder of the repository, not an installed package
     sys.path.insert(0, str(REPO))
 
-ITEMS = {"evaluator", "export", "crf", "train_step", "scale", "e2e", "cam_storage"}
+ITEMS = {"evaluator", "export", "crf", "train_step", "scale", "e2e", "cam_storage", "loader"}  # quick: no makespan
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,10 @@ def test_the_checks_hold_their_tolerances(quick_run):
     _, results, _ = quick_run
     assert results["evaluator"]["check"]["max_abs_miou_diff"] <= 1e-9
     assert results["export"]["check"]["max_abs_cam_diff"] <= 1 / 255 + 1e-6
+    assert results["export"]["check"]["voc_sized_workers_same_files"]
+    # the voc networks' training FLOPs per sample: L2G (global + 6 local crops) costs the most
+    flops = {kind: f["train_flops_per_sample"] for kind, f in results["loader"]["figures"].items()}
+    assert flops["l2g"] > flops["classifier"] > flops["deeplab"] > 1e11
     assert results["crf"]["check"]["refine_1_and_2_workers_identical_files"]
     assert results["crf"]["check"]["crf_step_equals_bare_pydensecrf"]
     assert results["train_step"]["check"]["max_abs_loss_diff"] <= 1e-5
@@ -55,7 +59,7 @@ def test_markdown_holds_the_summary_table(quick_run):
     _, _, text = quick_run
     assert "## Summary" in text and "| item | measure | pipeline | baseline |" in text
     for title in ("1. Evaluator", "2. CAM export", "3. CRF", "4. L2G training step", "5. Scale", "6. End to end",
-                  "7. CAM files at VOC size"):
+                  "7. CAM files at VOC size", "8. Data loaders"):
         assert title in text
 
 
@@ -93,3 +97,28 @@ def test_demo_benchmark_files_are_read_per_stage(tmp_path):
                                             "cpu_time\n83.80\t0:01:23\t921.1\t1\t1\t1\t0\t0\t50\t138.2\n")
     (stage,) = read_benchmarks(tmp_path)
     assert stage["stage"] == "train_cls" and stage["s"] == 83.8 and stage["max_rss_mib"] == 921.1
+
+
+def test_makespan_reads_job_times_from_the_snakemake_log():
+    from bench.makespan import busy_seconds, job_times
+
+    log = "\n".join(["[Tue Dec  1 07:42:21 2026]", "rule train_l2g:", "    jobid: 4", "",
+                     "[Tue Dec  1 07:42:23 2026]", "rule train_control:", "    jobid: 5", "",
+                     "[Tue Dec  1 07:42:31 2026]", "Finished jobid: 4 (Rule: train_l2g)", "",
+                     "[Tue Dec  1 07:42:41 2026]", "Finished jobid: 5 (Rule: train_control)", "",
+                     "[Tue Dec  1 07:43:00 2026]", "localrule score_seg:", "    jobid: 6"])
+    jobs = job_times(log)
+    assert [(rule, (end - start).total_seconds()) for rule, start, end in jobs] == \
+        [("train_l2g", 10.0), ("train_control", 18.0)]  # job 6 never finished
+    assert busy_seconds([(start, end) for _, start, end in jobs]) == 20.0  # 07:42:21 to 07:42:41
+
+
+def test_the_gpu_check_refuses_a_machine_without_cuda(capsys):
+    import torch
+
+    from bench.run import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: the check would run")
+    assert main(["--gpu"]) == 1
+    assert capsys.readouterr().err.strip() == "python -m bench --gpu: no CUDA device is visible to this process"

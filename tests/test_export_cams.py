@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from l2g_core.cam_io import cams_to_labels, load_cams, save_cams
 from l2g_core.cli import main
+from l2g_core.model_io import load_classifier
 from l2g_core.models import build_classifier
 from l2g_core.stages.export_cams import multiscale_cams
 
@@ -94,3 +96,35 @@ def test_bad_shard_is_a_one_line_error(trained, capsys):
     assert _export(manifest, model, root / "bad", "--shard", "3/2") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--shard 3/2" in err[0]
+
+
+def test_decoding_in_loader_workers_writes_the_same_files(trained):
+    """--workers 2 (images decoded and rescaled in data-loader processes, files written by a
+    background thread) writes the files of the in-process export, byte for byte; each file holds
+    only its image's classes (picked from the batch's maps before the copy to the host)."""
+    root, manifest, model = trained
+    here, loaders = root / "here", root / "loaders"
+    assert _export(manifest, model, here) == 0
+    assert _export(manifest, model, loaders, "--workers", "2") == 0
+    names = sorted(p.name for p in here.glob("*.npz"))
+    assert names == sorted(p.name for p in loaders.glob("*.npz")) and len(names) == 10
+    for name in names:
+        assert (here / name).read_bytes() == (loaders / name).read_bytes()
+    labels = json.loads((root / "prep/labels.json").read_text())
+    images = np.stack([np.asarray(Image.open(root / "data/JPEGImages" / f"{name[:-4]}.jpg")) for name in names[:3]])
+    net = load_classifier(model)[0].eval()
+    expected = multiscale_cams(net, images, [0.5, 1.0], flip=True).numpy()
+    for name, maps in zip(names[:3], expected):
+        cams, classes = load_cams(here / name)
+        assert classes.tolist() == labels[name[:-4]]
+        assert np.abs(cams - maps[[c - 1 for c in classes]]).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bf16 autocast)")
+def test_bf16_export_is_the_fp32_export_within_tolerance(trained):
+    root, manifest, model = trained
+    fp32, bf16 = root / "fp32", root / "bf16"
+    assert _export(manifest, model, fp32, "--device", "cuda", "--workers", "2") == 0
+    assert _export(manifest, model, bf16, "--device", "cuda", "--workers", "2", "--amp") == 0
+    errors = [np.abs(load_cams(fp32 / p.name)[0] - load_cams(p)[0]).max() for p in bf16.glob("*.npz")]
+    assert len(errors) == 10 and max(errors) <= 0.05, errors

@@ -209,7 +209,7 @@ def official_crf_labels(rgb, prob, crf):
 
 @pytest.mark.parametrize("dataset", ["voc", "coco"])
 def test_prediction_crf_sees_the_official_image(tmp_path, dataset):
-    from l2g_core.stages.predict_seg import write_prediction
+    from l2g_core.stages.label_seg import write_prediction
 
     section = CONFIG[dataset]["predict_seg"]
     crf = {key: section[key] for key in ("iterations", "pos_w", "pos_xy_std", "bi_w", "bi_xy_std", "bi_rgb_std")}

@@ -1,4 +1,4 @@
-"""train-seg, predict-seg (shards), gather and score-seg on a tiny synthetic dataset."""
+"""train-seg, predict-seg and label-seg (shards), gather and score-seg on a tiny synthetic dataset."""
 
 import csv
 import json
@@ -7,14 +7,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from l2g_core.cli import main
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest
-from l2g_core.data.torch_data import SegmentationCrops
+from l2g_core.data.torch_data import SegmentationCrops, normalise
 from l2g_core.evaluation import confusion, label_names, scores
 from l2g_core.io_utils import write_json
+from l2g_core.stages.label_seg import probabilities
 from l2g_core.model_io import load_segmenter
 
 from conftest import prepare_tiny_dataset
@@ -42,9 +44,14 @@ def trained(tmp_path_factory):
     return root, manifest, model
 
 
-def predict(manifest, model, out, *extra):
-    return main(["predict-seg", "--manifest", str(manifest), "--model", str(model), "--out", str(out),
-                 "--scales", "0.75", "1.0", "--batch-size", "2", "--workers", "1", *extra])
+def predict(manifest, model, out, *label_options, shard=None):
+    """predict-seg's logits into OUT_logits (the GPU job), then label-seg's labels into OUT."""
+    logits = out.parent / f"{out.name}_logits"
+    sharding = ["--shard", shard] if shard else []
+    network = main(["predict-seg", "--manifest", str(manifest), "--model", str(model), "--out", str(logits),
+                    "--scales", "0.75", "1.0", "--batch-size", "2", *sharding])
+    return network or main(["label-seg", "--manifest", str(manifest), "--logits", str(logits), "--out", str(out),
+                            "--workers", "1", *sharding, *label_options])
 
 
 def test_train_seg_stops_at_its_iteration_budget_and_records_what_it_saw(trained):
@@ -74,7 +81,7 @@ def test_prediction_shards_gather_to_the_whole_run_bit_for_bit(trained):
     whole, sharded = root / "whole", root / "sharded"
     assert predict(manifest, model, whole) == 0
     for shard in ("1/2", "2/2"):
-        assert predict(manifest, model, sharded, "--shard", shard) == 0
+        assert predict(manifest, model, sharded, shard=shard) == 0
     assert not (sharded / "manifest.json").exists()
     assert main(["gather", "--manifest", str(manifest), "--split", "val", "--folder", str(sharded),
                  "--shards", "2"]) == 0
@@ -85,6 +92,46 @@ def test_prediction_shards_gather_to_the_whole_run_bit_for_bit(trained):
         assert (whole / name).read_bytes() == (sharded / name).read_bytes()
     merged, single = (json.loads((d / "manifest.json").read_text()) for d in (sharded, whole))
     assert merged["files"] == single["files"] and merged["ids"] == single["ids"] and merged["shards"] == 2
+
+
+def test_labels_from_the_logits_files_are_those_of_the_network_in_one_go(trained, capsys):
+    """The GPU job stores each view's logits at the network's resolution; the CPU job's argmax is
+    that of the probabilities computed from the images directly (each view resized to the image,
+    softmax, a mirrored view mirrored back, summed over the views)."""
+    root, manifest, model = trained
+    pred = root / "whole"
+    if not (pred / "manifest.json").exists():
+        assert predict(manifest, model, pred) == 0
+    net, _ = load_segmenter(model)
+    net.eval()
+    layout = VOCLayout(root / "data")
+    ids = (root / "prep/val.txt").read_text().split()
+    for image_id, from_files in probabilities(root / "whole_logits", ids):
+        image = normalise(layout.load_image(image_id))[None]
+        height, width = image.shape[-2:]
+        total = 0
+        with torch.no_grad():
+            for scale in (0.75, 1.0):
+                both = []
+                for mirrored in (False, True):
+                    view = image.flip(-1) if mirrored else image
+                    if scale != 1:
+                        view = F.interpolate(view, size=(round(height * scale), round(width * scale)),
+                                             mode="bilinear", align_corners=False)
+                    probs = F.interpolate(net(view), size=(height, width), mode="bilinear",
+                                          align_corners=False).softmax(dim=1)
+                    both.append(probs.flip(-1) if mirrored else probs)
+                total = total + (both[0] + both[1])
+        np.testing.assert_allclose(from_files, total[0].numpy() / 4, rtol=1e-5, atol=1e-6)
+        written = np.asarray(Image.open(pred / "no_crf" / f"{image_id}.png"))
+        assert np.array_equal(written, from_files.argmax(axis=0))
+    # labels for another split than the logits are refused before anything is written
+    capsys.readouterr()
+    assert main(["label-seg", "--manifest", str(manifest), "--logits", str(root / "whole_logits"), "--split", "train",
+                 "--out", str(root / "wrong")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "whole_logits/manifest.json: not the logits of shard all of split train" in err[0]
+    assert not (root / "wrong").exists()
 
 
 def test_score_seg_writes_the_final_json_and_table(trained):
@@ -119,11 +166,11 @@ def test_score_seg_writes_the_final_json_and_table(trained):
 def test_gather_refuses_a_missing_or_foreign_shard(trained, capsys):
     root, manifest, model = trained
     folder = root / "gather_bad"
-    assert predict(manifest, model, folder, "--shard", "1/2") == 0
+    assert predict(manifest, model, folder, shard="1/2") == 0
     assert main(["gather", "--manifest", str(manifest), "--split", "val", "--folder", str(folder),
                  "--shards", "2"]) == 1
     assert "manifest-shard-2-of-2.json: not found" in capsys.readouterr().err
-    assert predict(manifest, model, folder, "--shard", "2/2", "--no-crf") == 0  # other settings
+    assert predict(manifest, model, folder, "--no-crf", shard="2/2") == 0  # other settings
     capsys.readouterr()
     assert main(["gather", "--manifest", str(manifest), "--split", "val", "--folder", str(folder),
                  "--shards", "2"]) == 1

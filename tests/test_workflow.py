@@ -93,7 +93,8 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
     assert final["stages"]["cams"]["miou"] == json.loads((results / "cams/miou.json").read_text())["miou"]
     assert json.loads((results / "supervised/miou.json").read_text())["stages"] == {}
     assert (results / "miou.csv").read_text().startswith("class,iou,iou_no_crf")
-    for log in ("train_seg", "train_supervised", "score_seg", "predict_seg-1-of-2", "refine-2-of-2"):
+    for log in ("train_seg", "train_supervised", "score_seg", "predict_seg-1-of-2", "label_seg-2-of-2",
+                "refine-2-of-2"):
         assert (results / "logs" / f"{log}.log").is_file()
     assert "runs on the CPU" in (results / "logs/train_seg.log").read_text()
     # the settings this run resolved, and the software versions, beside the results
@@ -114,7 +115,7 @@ def test_a_changed_setting_reruns_that_stage_and_its_descendants_only(finished):
     config["datasets"]["demo"]["refine"]["ignore_band"] = [0.25, 0.4]
     jobs = planned_jobs(run_snakemake(finished, "-n", "--cores", "2", *FINAL, config=config))
     assert jobs == {"refine": 2, "gather": 2, "score_pseudo_labels": 1, "train_seg": 1, "predict_seg": 2,
-                    "score_seg": 1}
+                    "label_seg": 2, "score_seg": 1}
     nothing = run_snakemake(finished, "-n", "--cores", "2", *FINAL)
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
 
@@ -147,11 +148,16 @@ def voc_sized(tmp_path):
 
 
 def test_a_voc_sized_dataset_plans_per_stage_jobs_not_per_image_jobs(tmp_path):
-    jobs = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "8", "--resources", "gpu=2", "--",
-                                      "results/voc/miou.json", config=voc_sized(tmp_path)))
-    assert jobs["export_cams"] == 3 * 4 and jobs["refine"] == 4 and jobs["predict_seg"] == 4
+    """...and the prediction's GPU jobs end with the network: the CRF runs in CPU jobs after them."""
+    result = run_snakemake(tmp_path, "-n", "--cores", "8", "--resources", "gpu=2", "--", "results/voc/miou.json",
+                           config=voc_sized(tmp_path))
+    jobs, plan = planned_jobs(result), result.stdout
+    assert jobs["export_cams"] == 3 * 4 and jobs["refine"] == 4 and jobs["predict_seg"] == jobs["label_seg"] == 4
     assert jobs["train_l2g"] == 1  # train_l2g_no_saliency: null, no second L2G run
-    assert sum(jobs.values()) < 40
+    assert sum(jobs.values()) < 50  # not one per image (11,000)
+    held = {re.search(r"^rule (\w+):", block, re.M).group(1): re.search(r"gpu=(\d+)", block).group(1)
+            for block in plan.split("\n\n") if re.search(r"^rule (predict|label)_seg:", block, re.M)}
+    assert held == {"predict_seg": "1", "label_seg": "0"}
 
 
 def test_voc_l2g_and_control_start_from_the_imagenet_weights_not_stage_1(tmp_path):

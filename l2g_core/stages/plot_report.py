@@ -54,7 +54,8 @@ STAGE_ORDER = ("make_synthetic", "prepare", "train_cls", "train_l2g", "train_con
                "gather_cls_cams", "gather_control_cams", "gather_cams", "gather_no_saliency_cams",
                "evaluate_cls_cams", "evaluate_control_cams", "evaluate_cams", "evaluate_no_saliency_cams",
                "refine", "gather_pseudo_labels", "score_pseudo_labels",
-               "train_seg", "train_supervised", "predict_seg", "predict_supervised", "gather_",
+               "train_seg", "train_supervised", "predict_seg", "predict_supervised", "label_seg", "label_supervised",
+               "gather_",
                "score_seg", "score_supervised")
 SHARD_SUFFIX = re.compile(r"-(\d+)-of-(\d+)$")
 COLUMNS = ("image", "ground truth", "L2G CAM", "pseudo label", "DeepLab\n(pseudo labels)", "DeepLab\n(ground truth)")

@@ -14,6 +14,7 @@ rule export_cams:
     wildcard_constraints:
         cams=one_of(CAM_MODELS),
     params:
+        workers=loader_workers,
         options=stage_flags("export_cams"),
     conda:
         CONDA_ENV
@@ -27,7 +28,7 @@ rule export_cams:
     shell:
         launch() + "l2g export-cams --manifest {input.manifest} --model {input.model} --split train"
         " --out results/{wildcards.dataset}/{wildcards.cams} --shard {wildcards.shard}/{wildcards.shards}"
-        " {params.options} > {log} 2>&1"
+        " {params.workers} {params.options} > {log} 2>&1"
 
 
 rule evaluate_cams:

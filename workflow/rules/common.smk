@@ -76,6 +76,19 @@ def stage_flags(stage):
     return lambda wc: cli_flags(DATASETS[wc.dataset][stage])
 
 
+# The keys of the predict_seg section that the network job (predict-seg) takes; the others
+# (the CRF's) go to the labelling job (label-seg).
+NETWORK_KEYS = ("scales", "flip", "batch_size")
+
+
+def prediction_flags(network):
+    """Input function: the predict_seg options of the network job, or of the labelling job."""
+    def flags(wildcards):
+        section = DATASETS[wildcards.dataset]["predict_seg"]
+        return cli_flags({key: value for key, value in section.items() if (key in NETWORK_KEYS) == network})
+    return flags
+
+
 # --- jobs: threads, GPUs, memory, run time (config datasets.NAME.jobs) -------------------------
 
 
@@ -92,9 +105,9 @@ def job_resources(rule):
 
 
 def loader_workers(wildcards, threads, resources):
-    """--workers of a training job (its section's `workers`, placed after, wins): on GPUs, all
-    but one of the job's threads decode images while the main thread feeds the devices; on the
-    CPU none, since the job's threads are the computation."""
+    """--workers of a training or CAM export job (its section's `workers`, placed after, wins): on
+    GPUs, all but one of the job's threads decode images while the main thread feeds the devices;
+    on the CPU none, since the job's threads are the computation."""
     return f"--workers {max(threads - 1, 0) if resources.gpu else 0}"
 
 

@@ -33,11 +33,11 @@ rule predict_seg:
         manifest="results/{dataset}/data/manifest.json",
         model="results/{dataset}/{model}/model.pt",
     output:
-        manifest="results/{dataset}/{model}/pred/manifest-shard-{shard}-of-{shards}.json",
+        manifest="results/{dataset}/{model}/logits/manifest-shard-{shard}-of-{shards}.json",
     wildcard_constraints:
         model=one_of(SEG_MODELS),
     params:
-        options=stage_flags("predict_seg"),
+        options=prediction_flags(network=True),
     conda:
         CONDA_ENV
     log:
@@ -49,8 +49,35 @@ rule predict_seg:
         **job_resources("predict_seg"),
     shell:
         launch() + "l2g predict-seg --manifest {input.manifest} --model {input.model} --split val"
-        " --out results/{wildcards.dataset}/{wildcards.model}/pred --shard {wildcards.shard}/{wildcards.shards}"
-        " --workers {threads} {params.options} > {log} 2>&1"
+        " --out results/{wildcards.dataset}/{wildcards.model}/logits --shard {wildcards.shard}/{wildcards.shards}"
+        " > {log} 2>&1"
+
+
+# The labels of one shard from its logits, on the CPU: the GPU is free for the next job while the
+# CRF runs (minutes on VOC val, hours on COCO val).
+rule label_seg:
+    input:
+        manifest="results/{dataset}/data/manifest.json",
+        logits="results/{dataset}/{model}/logits/manifest-shard-{shard}-of-{shards}.json",
+    output:
+        manifest="results/{dataset}/{model}/pred/manifest-shard-{shard}-of-{shards}.json",
+    wildcard_constraints:
+        model=one_of(SEG_MODELS),
+    params:
+        options=prediction_flags(network=False),
+    conda:
+        CONDA_ENV
+    log:
+        "results/{dataset}/logs/label_{model}-{shard}-of-{shards}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/label_{model}-{shard}-of-{shards}.tsv"
+    threads: job_setting("threads", "label_seg")
+    resources:
+        **job_resources("label_seg"),
+    shell:
+        "l2g label-seg --manifest {input.manifest} --logits results/{wildcards.dataset}/{wildcards.model}/logits"
+        " --split val --out results/{wildcards.dataset}/{wildcards.model}/pred"
+        " --shard {wildcards.shard}/{wildcards.shards} --workers {threads} {params.options} > {log} 2>&1"
 
 
 rule score_seg:
