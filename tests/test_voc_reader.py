@@ -185,6 +185,19 @@ def test_prepare_refuses_mask_value_out_of_range(voc, tmp_path, capsys):
     assert_refused(capsys, voc, tmp_path, "2007_000033.png", "value 21")
 
 
+def test_prepare_refuses_a_training_split_without_any_class(voc, tmp_path, capsys):
+    # empty_images: skip would leave 0 training images; before, a manifest with none and exit 0
+    for image_id in TRAIN:
+        write_label_png(voc / "SegmentationClassAug" / f"{image_id}.png", make_mask([]))
+    assert_refused(capsys, voc, tmp_path, "train_aug.txt", f"none of its {len(TRAIN)} images has a foreground class",
+                   "nothing to train on")
+
+
+def test_prepare_refuses_a_class_index_the_class_list_lacks(voc, tmp_path, capsys):
+    (voc / "cls_labels.json").write_text(json.dumps({"2007_000033": [21]}))
+    assert_refused(capsys, voc, tmp_path, "cls_labels.json", "2007_000033", "outside 1..20")
+
+
 def test_prepare_refuses_id_listed_twice(voc, tmp_path, capsys):
     with open(voc / "ImageSets" / "Segmentation" / "val.txt", "a") as handle:
         handle.write("2007_000033\n")

@@ -152,6 +152,9 @@ def run(args):
             if empty:
                 print(f"warning: skipping {len(empty)} training images without a foreground class")
             kept = [i for i in ids if labels[i]]
+            if not kept:
+                raise L2GError(f"{list_path}: none of its {len(ids)} images has a foreground class (no mask "
+                               f"value and no cls_labels.json entry in 1..{num_classes}): nothing to train on")
         lists[role] = kept
         split_info[role] = {
             "source": str(list_path.resolve()), "list": str((out_dir / f"{role}.txt").resolve()),
