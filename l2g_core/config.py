@@ -9,6 +9,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from l2g_core.data.classes import CLASSES_FILE
 from l2g_core.errors import L2GError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -26,13 +27,9 @@ def load_yaml(path, what="config"):
         raise L2GError(f"{path}: not valid YAML{where}") from None
 
 
-def _key_path(error):
-    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
-
-
-def _describe(error):
-    """One line for one jsonschema error, phrased for someone editing config.yaml."""
-    where = _key_path(error)
+def _describe(error, path):
+    """One line for one jsonschema error at key `path`, phrased for someone editing config.yaml."""
+    where = ".".join(str(part) for part in path) or "(top level)"
     kind = error.validator
     if kind == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
@@ -56,18 +53,93 @@ def _describe(error):
     return f"{where}: {error.message}"
 
 
+# What a dataset section describes of its data; a recipe gives everything else (the method: the
+# stage sections and the jobs), never these.
+DATA_KEYS = ("kind", "root", "synthetic", "splits", "classes", "empty_images", "recipe")
+
+
+def deep_merge(base, override):
+    """`base` with `override` on top: dictionaries merged key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return merged
+
+
+def resolve_recipe(datasets, name, chain=()):
+    """Dataset `name` with its `recipe` (another dataset of the config, itself resolved) under it:
+    the recipe's method settings, the dataset's own keys on top, the dataset's data keys only."""
+    section = datasets[name]
+    recipe = section.get("recipe") if isinstance(section, dict) else None
+    if not isinstance(recipe, str):  # none, or a mistake the schema names
+        return section
+    if recipe not in datasets:
+        raise L2GError(f"datasets.{name}.recipe: {recipe!r} is not a dataset of this config "
+                       f"(one of {', '.join(sorted(datasets))})")
+    if recipe in chain + (name,):
+        raise L2GError(f"datasets.{name}.recipe: a cycle ({' -> '.join(chain + (name, recipe))})")
+    base = resolve_recipe(datasets, recipe, chain + (name,))
+    method = {key: value for key, value in base.items() if key not in DATA_KEYS}
+    return deep_merge(method, section)
+
+
+def resolve_recipes(config):
+    """{name: dataset settings} with every recipe resolved (the config itself is left as it is)."""
+    datasets = config.get("datasets") if isinstance(config, dict) else None
+    if not isinstance(datasets, dict):
+        return datasets
+    return {name: resolve_recipe(datasets, name) for name in datasets}
+
+
+def written_at(config, path):
+    """The key path as the user wrote it: inside a dataset, the dataset whose section (or recipe,
+    followed) holds the key."""
+    if len(path) < 3 or path[0] != "datasets":
+        return path
+    datasets, name = config["datasets"], path[1]
+    while True:
+        node = datasets.get(name)
+        for part in path[2:]:
+            node = node.get(part) if isinstance(node, dict) else None
+        recipe = datasets.get(name, {}).get("recipe")
+        if node is not None or recipe not in datasets or path[2] in DATA_KEYS:
+            return ["datasets", name, *path[2:]]
+        name = recipe
+
+
 def validate_config(config, schema_path=SCHEMA_PATH):
-    """Check `config` against the schema and the file system; raise L2GError with one line."""
+    """Check `config`, its recipes resolved, against the schema and the file system; raise
+    L2GError with one line naming the key where the user wrote it. Returns the resolved datasets."""
     schema = load_yaml(schema_path, "schema")
     validator = jsonschema.Draft202012Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    resolved = dict(config, datasets=resolve_recipes(config)) if isinstance(config, dict) else config
+    error = jsonschema.exceptions.best_match(validator.iter_errors(resolved))
     if error is not None:
-        raise L2GError(_describe(error))
-    for name, dataset in config["datasets"].items():
+        raise L2GError(_describe(error, written_at(config, list(error.absolute_path))))
+    for name, dataset in resolved["datasets"].items():
         check_dataset(name, dataset)
+    return resolved["datasets"]
+
+
+def check_classes(name, dataset):
+    """A custom dataset names its classes (here or in ROOT/classes.txt), once each; no other does."""
+    kind, classes, root = dataset["kind"], dataset.get("classes"), dataset.get("root")
+    if kind != "custom":
+        if classes is not None:
+            raise L2GError(f"datasets.{name}.classes: only a dataset of kind custom names its classes "
+                           f"(kind {kind} has its own)")
+        return
+    if classes is None and root is not None and not (Path(root) / CLASSES_FILE).is_file():
+        raise L2GError(f"datasets.{name}: kind custom needs its class names: set classes: [...] or write "
+                       f"them, one per line, to {Path(root) / CLASSES_FILE}")
+    twice = [c for i, c in enumerate(classes or []) if c in classes[:i]]
+    if twice:
+        raise L2GError(f"datasets.{name}.classes: {twice[0]!r} is listed twice")
 
 
 def check_dataset(name, dataset):
+    check_classes(name, dataset)
     kind, root = dataset["kind"], dataset.get("root")
     if kind == "synthetic":
         if root is not None:

@@ -1,6 +1,7 @@
 """Config validation: every mistake is one line naming the key, from Python and from Snakemake."""
 
 import copy
+import re
 
 import pytest
 
@@ -45,6 +46,65 @@ def test_mistakes_give_one_line_naming_the_key(config, mutate, expected):
     message = str(info.value)
     assert message.startswith(expected)
     assert "\n" not in message
+
+
+# keys of voc's sections that coco inherits and its settings never read: a warped input has no
+# short side or crop layout (resize: warp), a poly schedule no steps (schedule: poly)
+UNREAD_UNDER_COCO = {"train_cls": {"short_side", "crop_axes"},
+                     "train_l2g": {"short_side", "crop_axes", "step_epochs", "gamma"}}
+
+
+def test_coco_is_the_voc_recipe_plus_its_differences_and_merges_to_its_full_settings(config):
+    raw = config["datasets"]["coco"]
+    assert raw["recipe"] == "voc" and "export_cams" not in raw and len(raw["train_l2g"]) < 20
+    merged = validate_config(config)["coco"]
+    full = load_yaml(REPO / "tests" / "data" / "coco_section_2026-12-01.yaml")
+    assert set(merged) == set(full) | {"recipe"}
+    for section, settings in full.items():
+        if not isinstance(settings, dict):
+            assert merged[section] == settings, section
+            continue
+        extra = set(merged[section]) - set(settings)
+        assert extra == UNREAD_UNDER_COCO.get(section, set()), section
+        assert {key: merged[section][key] for key in settings} == settings, section
+
+
+def test_a_recipe_gives_the_method_not_the_data_and_mistakes_name_where_they_were_written(config):
+    config["datasets"]["mine"] = {"recipe": "coco", "kind": "custom", "classes": ["a", "b", "c"],
+                                  "splits": {"train": "train", "val": "val"}, "train_l2g": {"kd_weight": 5}}
+    mine = validate_config(config)["mine"]
+    assert mine["train_l2g"]["kd_weight"] == 5 and mine["train_l2g"]["lr"] == 0.1  # coco's, over voc's
+    assert mine["train_seg"]["iterations"] == 50000 and mine["export_cams"]["scales"] == [0.5, 1.0, 1.5, 2.0]
+    assert mine["kind"] == "custom" and "root" not in mine and "train_subset" not in mine["splits"]
+    config["datasets"]["mine"]["train_l2g"]["kd_weight"] = "big"
+    with pytest.raises(L2GError, match=r"^datasets\.mine\.train_l2g\.kd_weight: expected number, got 'big'$"):
+        validate_config(config)
+    config["datasets"]["mine"]["train_l2g"]["kd_weight"] = 5
+    config["datasets"]["voc"]["train_seg"]["lr"] = "x"  # in the recipe's recipe: named there
+    with pytest.raises(L2GError, match=r"^datasets\.voc\.train_seg\.lr: expected number, got 'x'$"):
+        validate_config(config)
+    config["datasets"]["voc"]["train_seg"]["lr"] = 0.00025
+    for recipe, expected in (("vocc", "datasets.mine.recipe: 'vocc' is not a dataset of this config"),
+                             ("mine", "datasets.mine.recipe: a cycle (mine -> mine)")):
+        config["datasets"]["mine"]["recipe"] = recipe
+        with pytest.raises(L2GError, match=re.escape(expected)):
+            validate_config(config)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"classes": None}, "datasets.mine: kind custom needs its class names: set classes: [...] or write them"),
+    ({"classes": ["a", "b", "a"]}, "datasets.mine.classes: 'a' is listed twice"),
+    ({"kind": "voc"}, "datasets.mine.classes: only a dataset of kind custom names its classes"),
+])
+def test_a_custom_dataset_names_its_classes_once(config, tmp_path, change, expected):
+    mine = {"recipe": "demo", "kind": "custom", "root": str(tmp_path), "classes": ["a", "b"],
+            "splits": {"train": "train", "val": "val"}, **change}
+    config["datasets"]["mine"] = {key: value for key, value in mine.items() if value is not None}
+    with pytest.raises(L2GError, match=re.escape(expected)):
+        validate_config(config)
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    if change == {"classes": None}:  # classes.txt in the root is the other way
+        assert validate_config(config)["mine"]["kind"] == "custom"
 
 
 def test_unset_root_says_how_to_set_it(config):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from l2g_core.cam_io import cam_path, load_cams
 from l2g_core.cli import main
+from l2g_core.config import resolve_recipes
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import split_ids
 from l2g_core.model_io import save_classifier
@@ -24,7 +25,7 @@ from l2g_core.models import build_classifier
 
 from conftest import REPO, prepare_tiny_dataset
 
-CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]
+CONFIG = resolve_recipes(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))  # coco: recipe voc + its own
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # utils/LoadData.py lines 62-63
 
 

@@ -16,13 +16,14 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+from l2g_core.config import resolve_recipes
 from l2g_core.data.augment import normalise
 from l2g_core.models.deeplab import build_deeplab, segmentation_loss
 from l2g_core.training import build_optimizer, lr_factor
 
 from conftest import REPO, deeplab_pytorch_names, stage_settings
 
-CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]
+CONFIG = resolve_recipes(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))  # coco: recipe voc + its own
 MEAN_BGR = (104.008, 116.669, 122.675)  # voc12_resnet_dplv2.yaml lines 20-24, as main.py line 121 orders it
 
 

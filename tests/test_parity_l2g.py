@@ -16,6 +16,7 @@ import yaml
 from PIL import Image, ImageEnhance
 from torchvision import ops
 
+from l2g_core.config import resolve_recipes
 from l2g_core.data.augment import crop_box, draw_jitter
 from l2g_core.data.torch_data import ImageOptions, LabelledImages
 from l2g_core.l2g import sample_boxes
@@ -26,7 +27,7 @@ from l2g_core.training import build_optimizer, lr_factor
 
 from conftest import REPO, prepare_tiny_dataset, stage_args, stage_settings
 
-CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]
+CONFIG = resolve_recipes(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))  # coco: recipe voc + its own
 NEW_LAYERS = ("fc8", "f8_3", "f8_4", "f9")  # models/resnet38.py line 24: from_scratch_layers
 
 

@@ -24,3 +24,7 @@ COCO_CLASSES = (
 SYNTHETIC_CLASSES = ("owl", "fox", "frog", "bee", "fish", "snail")
 
 CLASSES_BY_KIND = {"voc": VOC_CLASSES, "coco": COCO_CLASSES, "synthetic": SYNTHETIC_CLASSES}
+
+# A custom dataset (kind custom) names its classes itself: in the config, or one per line in this
+# file of its root.
+CLASSES_FILE = "classes.txt"

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from l2g_core import __version__
-from l2g_core.data.classes import CLASSES_BY_KIND
+from l2g_core.data.classes import CLASSES_BY_KIND, CLASSES_FILE
 from l2g_core.data.layout import IGNORE_INDEX, VOCLayout, labels_from_mask
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import write_json, write_text
@@ -26,7 +26,10 @@ from l2g_core.parallel import available_cores
 
 def configure(parser):
     parser.add_argument("--name", required=True, help="dataset name (demo, voc, coco, ...)")
-    parser.add_argument("--kind", required=True, choices=sorted(CLASSES_BY_KIND), help="class set of the dataset")
+    parser.add_argument("--kind", required=True, choices=[*sorted(CLASSES_BY_KIND), "custom"],
+                        help="class set of the dataset; custom: --classes, or ROOT/classes.txt")
+    parser.add_argument("--classes", nargs="+", metavar="NAME",
+                        help="--kind custom: the class names, mask value 1, 2, ... in order")
     parser.add_argument("--root", required=True, help="dataset root in the VOC layout")
     parser.add_argument("--split", action="append", required=True, metavar="ROLE=LIST",
                         help="a split: role (train, val, or train_subset: a part of the training split "
@@ -121,10 +124,31 @@ def labels_for_split(layout, ids, num_classes, stored, workers, with_saliency=Fa
     return labels
 
 
+def class_names_of(kind, classes, root):
+    """The dataset's class names: a built-in kind's, or a custom dataset's (--classes, else
+    ROOT/classes.txt, one name per line), each once."""
+    if kind != "custom":
+        if classes:
+            raise L2GError(f"--classes: only for --kind custom (kind {kind} has its own classes)")
+        return list(CLASSES_BY_KIND[kind])
+    source, names = "--classes", classes
+    if not names:
+        source = Path(root) / CLASSES_FILE
+        if not source.is_file():
+            raise L2GError(f"--kind custom: give --classes or write the class names, one per line, to {source}")
+        names = [line.strip() for line in source.read_text().splitlines() if line.strip()]
+    if not names:
+        raise L2GError(f"{source}: no class names")
+    twice = [name for index, name in enumerate(names) if name in names[:index]]
+    if twice:
+        raise L2GError(f"{source}: class {twice[0]!r} is listed twice")
+    return list(names)
+
+
 def run(args):
     splits = parse_splits(args.split)
     layout = VOCLayout(args.root)
-    class_names = list(CLASSES_BY_KIND[args.kind])
+    class_names = class_names_of(args.kind, args.classes, args.root)
     num_classes = len(class_names)
     stored = layout.stored_labels()
     out_dir = Path(args.out).parent

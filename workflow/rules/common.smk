@@ -19,7 +19,8 @@ def fail(message):
 
 
 try:
-    validate_config(config)
+    # every dataset's settings with its recipe resolved; results/{dataset}/config.yaml records these
+    config["datasets"] = validate_config(config)
 except L2GError as error:
     fail(error)
 

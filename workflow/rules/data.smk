@@ -32,6 +32,7 @@ rule prepare:
         val="results/{dataset}/data/val.txt",
     params:
         kind=lambda wc: DATASETS[wc.dataset]["kind"],
+        classes=lambda wc: cli_flags({"classes": DATASETS[wc.dataset].get("classes")}),
         root=dataset_root,
         splits=lambda wc: DATASETS[wc.dataset]["splits"],
         empty=lambda wc: DATASETS[wc.dataset].get("empty_images", "skip"),
@@ -46,6 +47,6 @@ rule prepare:
     resources:
         **job_resources("prepare"),
     shell:
-        "l2g prepare --name {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
+        "l2g prepare --name {wildcards.dataset} --kind {params.kind} {params.classes} --root {params.root:q}"
         " --split train={params.splits[train]:q} --split val={params.splits[val]:q} {params.subset}"
         " --empty-images {params.empty} --out {output.manifest} --workers {threads} > {log} 2>&1"
