@@ -1,4 +1,6 @@
-"""MS COCO 2014 instances -> the VOC layout (DESIGN.md, "Data contracts").
+"""MS COCO 2014 instances -> the VOC layout.
+
+The map of every file the stages exchange: docs/data_contracts.md.
 
     COCO_ROOT/annotations/instances_{split}2014.json    official instance annotations
     COCO_ROOT/{split}2014/COCO_{split}2014_*.jpg        official images

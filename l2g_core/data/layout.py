@@ -1,4 +1,6 @@
-"""Reader for a dataset in the VOC layout (DESIGN.md, "Data contracts").
+"""Reader for a dataset in the VOC layout.
+
+The map of every file the stages exchange: docs/data_contracts.md.
 
     ROOT/JPEGImages/ID.jpg                 images
     ROOT/SegmentationClassAug/ID.png       class index per pixel, 255 = ignore (optional)
