@@ -18,12 +18,12 @@ from PIL import Image
 
 from bench.common import interleaved, model_file, ratio, synthetic_dataset
 from l2g_core.cam_io import load_cams, save_cams
+from l2g_core.cams import model_image_stats, multiscale_cams
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.evaluation import scores, sweep_confusions
 from l2g_core.model_io import load_classifier
 from l2g_core.stages.evaluate import DEFAULT_THRESHOLDS
-from l2g_core.stages.export_cams import model_image_stats, multiscale_cams
 
 VOC_SIZE = (500, 375)  # width, height of a typical VOC image
 SCALES, FLIP = [0.5, 1.0, 1.5], True  # the demo's export settings

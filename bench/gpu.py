@@ -124,7 +124,7 @@ def export(ctx):
     from l2g_core.data.layout import VOCLayout
     from l2g_core.data.manifest import load_manifest, split_ids
     from l2g_core.models import build_classifier
-    from l2g_core.stages.export_cams import cams_of_inputs, image_cams, scaled_inputs
+    from l2g_core.cams import cams_of_inputs, image_cams, scaled_inputs
 
     manifest = load_manifest(voc_sized_dataset(ctx, 8 if ctx.quick else 32))
     layout, ids = VOCLayout(manifest["root"]), split_ids(manifest, "train")

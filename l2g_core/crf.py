@@ -247,3 +247,10 @@ def refine_labels(image, cams, classes, *, threshold=None, crf_params=None, use_
     labels = loose_labels.copy()
     labels[loose_labels != strict_labels] = 255
     return fill_band(image, labels, classes, params) if use_crf and fill else labels
+
+
+def labelling_options(settings):
+    """The refine_labels options of the settings a labels folder's manifest records."""
+    band = settings["ignore_band"]
+    return {"threshold": settings["threshold"], "ignore_band": tuple(band) if band else None,
+            "use_crf": settings["crf"], "crf_params": settings["crf_params"], "fill": settings.get("fill_band", False)}

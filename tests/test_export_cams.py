@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from l2g_core.cam_io import cams_to_labels, load_cams, save_cams
+from l2g_core.cams import multiscale_cams
 from l2g_core.cli import main
 from l2g_core.model_io import load_classifier
 from l2g_core.models import build_classifier
-from l2g_core.stages.export_cams import multiscale_cams
 
 from conftest import prepare_tiny_dataset
 

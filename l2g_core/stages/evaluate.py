@@ -14,13 +14,10 @@ Outputs (each written atomically and rewritten on every run, the JSON last):
     OUT_sweep.csv   threshold, miou (CAMs only)
 """
 
-import csv
-import io
 import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from l2g_core.cam_io import SUFFIX as CAM_SUFFIX
 from l2g_core.cam_io import load_cams
@@ -30,6 +27,7 @@ from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores, sweep_confusions
 from l2g_core.io_utils import write_json, write_text
 from l2g_core.parallel import available_cores
+from l2g_core.scoring import check_all_present, csv_text, load_png, size_error
 
 PNG_SUFFIX = ".png"
 # Weak CAMs on real photographs can peak at 0.6 and above: the sweep reaches 0.95 by default.
@@ -80,34 +78,11 @@ def check_thresholds(args, kind):
     return sorted(set(thresholds))
 
 
-def check_all_present(paths, what, split):
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise L2GError(f"{missing[0]}: {what} missing ({len(missing)} of {len(paths)} images of split "
-                       f"{split} have none)")
-
-
 def check_values(array, num_labels, path, what):
     bad = (array >= num_labels) & (array != IGNORE_INDEX)
     if bad.any():
         raise L2GError(f"{path}: {what} value {int(array[bad][0])} is outside 0..{num_labels - 1} "
                        f"and not {IGNORE_INDEX}")
-
-
-def size_error(path, shape, gt_path, gt_shape):
-    return L2GError(f"{path}: prediction is {shape[1]}x{shape[0]} but its ground truth {gt_path} "
-                    f"is {gt_shape[1]}x{gt_shape[0]}")
-
-
-def load_png(path):
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("P", "L"):
-                raise L2GError(f"{path}: prediction must be a single-channel PNG (palette or L), not {image.mode}")
-            return np.asarray(image, dtype=np.uint8)
-    except OSError as error:
-        raise L2GError(f"{path}: cannot read prediction ({error})") from None
 
 
 def image_scorer(layout, pred_dir, kind, thresholds, num_labels):
@@ -151,15 +126,6 @@ def sweep_edge(best, thresholds):
 
 def _or(value, default):
     return default if value is None else value
-
-
-def csv_text(header, rows):
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow(["" if v is None else (f"{v:.6f}" if isinstance(v, float) else v) for v in row])
-    return buffer.getvalue()
 
 
 def run(args):

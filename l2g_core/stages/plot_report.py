@@ -151,7 +151,7 @@ def report_cams(model_path, layout, ids, labels, class_names, export_settings, d
     from l2g_core.cam_io import quantise
     from l2g_core.model_io import load_classifier
     from l2g_core.runtime import setup_runtime
-    from l2g_core.stages.export_cams import image_cams, model_image_stats
+    from l2g_core.cams import image_cams, model_image_stats
 
     runtime = setup_runtime(device)
     model, state = load_classifier(model_path, class_names=class_names)
@@ -165,13 +165,13 @@ def report_cams(model_path, layout, ids, labels, class_names, export_settings, d
 def pseudo_label(image, cams, classes, settings, saliency):
     """The label map `l2g refine` makes with the settings of its manifest."""
     from l2g_core.crf import refine_labels
-    from l2g_core.stages.refine import labelling_options
+    from l2g_core.crf import labelling_options
 
     return refine_labels(image, cams, classes, saliency=saliency, **labelling_options(settings))
 
 
 def load_label_png(path):
-    from l2g_core.stages.evaluate import load_png
+    from l2g_core.scoring import load_png
 
     if not Path(path).is_file():
         raise L2GError(f"{path}: prediction not found")

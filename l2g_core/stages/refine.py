@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from l2g_core.cam_io import cam_path, load_cams
-from l2g_core.crf import DEFAULT_CRF_PARAMS, add_crf_arguments, crf_params_from_args, refine_labels
+from l2g_core.crf import DEFAULT_CRF_PARAMS, add_crf_arguments, crf_params_from_args, labelling_options, refine_labels
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
@@ -90,13 +90,6 @@ def background_settings(args):
     if not 0.0 <= threshold <= 1.0:
         raise L2GError(f"{origin} {threshold:g} is outside [0, 1] (CAMs are in [0, 1])")
     return threshold, None
-
-
-def labelling_options(settings):
-    """The refine_labels options of the settings a labels folder's manifest records."""
-    band = settings["ignore_band"]
-    return {"threshold": settings["threshold"], "ignore_band": tuple(band) if band else None,
-            "use_crf": settings["crf"], "crf_params": settings["crf_params"], "fill": settings.get("fill_band", False)}
 
 
 def label_one(image_id, *, root, cams_dir, out_dir, num_classes, options, use_saliency):

@@ -17,17 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from l2g_core.cam_io import cam_path, load_cams, saliency_as_cams
-from l2g_core.crf import refine_labels
+from l2g_core.crf import labelling_options, refine_labels
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores, sweep_confusions
 from l2g_core.io_utils import write_json
 from l2g_core.parallel import available_cores
+from l2g_core.scoring import check_all_present, load_png, size_error, stage_summary
 from l2g_core.shards import MANIFEST, read_manifest
-from l2g_core.stages.evaluate import check_all_present, load_png, size_error
-from l2g_core.stages.refine import labelling_options
-from l2g_core.stages.score_seg import stage_summary
 
 SALIENCY_THRESHOLDS = [round(float(t), 2) for t in np.arange(0.05, 0.951, 0.05)]
 

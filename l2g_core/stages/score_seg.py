@@ -1,6 +1,6 @@
 """`l2g score-seg`: the number users quote, `results/{dataset}/miou.json`, and its table.
 
-Scores a folder of predictions (from `l2g predict-seg`) against the ground truth of a split, in
+Scores a folder of predictions (from `l2g label-seg`) against the ground truth of a split, in
 one pass: the final labels (ID.png) and, where the CRF ran, the argmax before it (no_crf/ID.png).
 `--stage NAME=METRICS_JSON` carries the numbers of earlier stages (plain CAMs, L2G CAMs, pseudo
 labels) into the same file, so one JSON tells the whole run.
@@ -18,34 +18,19 @@ from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores
-from l2g_core.io_utils import read_json, write_json, write_text
+from l2g_core.io_utils import write_json, write_text
 from l2g_core.parallel import available_cores
-from l2g_core.stages.evaluate import check_all_present, csv_text, load_png, size_error
+from l2g_core.scoring import check_all_present, csv_text, load_png, size_error, stage_summary
 from l2g_core.shards import MANIFEST, NO_CRF_DIR, read_manifest
-
-STAGE_KEYS = ("miou", "miou_no_crf", "best_threshold", "split", "num_images")
-
 
 def configure(parser):
     parser.add_argument("--manifest", required=True, help="manifest.json of the prepared dataset")
     parser.add_argument("--split", default="val", help="split the predictions cover (default val)")
-    parser.add_argument("--pred", required=True, help="folder of predictions ID.png (from l2g predict-seg)")
+    parser.add_argument("--pred", required=True, help="folder of predictions ID.png (from l2g label-seg)")
     parser.add_argument("--stage", action="append", default=[], metavar="NAME=METRICS_JSON",
                         help="an earlier stage's metrics to carry into the result (repeatable)")
     parser.add_argument("--out", required=True, help="JSON to write (results/{dataset}/miou.json); CSV beside it")
     parser.add_argument("--workers", type=int, default=available_cores(), help="threads reading files")
-
-
-def stage_summary(item, option="--stage"):
-    """'cams=results/demo/cams/miou.json' -> ('cams', {miou, best_threshold, ...})."""
-    name, sep, path = item.partition("=")
-    if not sep or not name or not path:
-        raise L2GError(f"{option} {item!r}: expected NAME=METRICS_JSON")
-    metrics = read_json(path, "stage metrics not found")
-    summary = {key: metrics[key] for key in STAGE_KEYS if key in metrics}
-    if isinstance(metrics.get("saliency_baseline"), dict):
-        summary["saliency_baseline"] = metrics["saliency_baseline"]["miou"]
-    return name, {**summary, "file": str(path)}
 
 
 def run(args):

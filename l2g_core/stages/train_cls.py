@@ -1,13 +1,13 @@
 """`l2g train-cls`: stage 1, the CAM classifier trained on image-level labels."""
 
-import argparse
 from dataclasses import asdict
 from pathlib import Path
 
+from l2g_core.classifier_setup import add_model_arguments, build_or_load, init_file
 from l2g_core.data.torch_data import LabelledImages
 from l2g_core.errors import L2GError
-from l2g_core.model_io import load_classifier, save_classifier
-from l2g_core.models import BACKBONES, build_classifier, classification_loss
+from l2g_core.model_io import save_classifier
+from l2g_core.models import classification_loss
 from l2g_core.training import (
     Trainer,
     add_image_arguments,
@@ -15,16 +15,6 @@ from l2g_core.training import (
     image_options_from_args,
     start_training,
 )
-
-
-def add_model_arguments(parser):
-    group = parser.add_argument_group("model")
-    group.add_argument("--backbone", choices=BACKBONES, default="small", help="backbone network")
-    group.add_argument("--init", default=None,
-                       help="backbone weights: a checkpoint path (e.g. the ImageNet ResNet-38 from l2g "
-                            "convert-weights), a torchvision weights name (IMAGENET1K_V1), or scratch (random)")
-    group.add_argument("--pcm", action=argparse.BooleanOptionalAction, default=False, help="pixel correlation module of the official model")
-    group.add_argument("--output-stride", type=int, choices=(8, 16), default=8, help="feature stride")
 
 
 def configure(parser):
@@ -37,20 +27,6 @@ def configure(parser):
     add_model_arguments(parser)
     add_image_arguments(parser)
     add_training_arguments(parser)
-
-
-def build_or_load(args, manifest):
-    """The classifier a training stage starts from: the one in --init-from (frozen as it was
-    trained), or a new one with fresh CAM layers on the backbone weights of --init."""
-    if args.init_from:
-        return load_classifier(args.init_from, class_names=manifest["class_names"])[0]
-    return build_classifier(args.backbone, manifest["num_classes"], pcm=args.pcm, init=args.init,
-                            output_stride=args.output_stride)
-
-
-def init_file(init):
-    """The --init file whose bytes a checkpoint's fingerprint must cover (None: a weights name)."""
-    return init if init and Path(init).is_file() else None
 
 
 def run(args):

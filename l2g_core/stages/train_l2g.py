@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
+from l2g_core.classifier_setup import add_model_arguments, build_or_load, init_file
 from l2g_core.data.torch_data import LabelledImages
 from l2g_core.errors import L2GError
 from l2g_core.l2g import ROI_ALIGN_MODES, align_global, crop_batch, local_targets, sample_boxes, transfer_loss
 from l2g_core.model_io import save_classifier
 from l2g_core.models import classification_loss
-from l2g_core.stages.train_cls import add_model_arguments, build_or_load, init_file
 from l2g_core.training import (
     Trainer,
     add_image_arguments,
