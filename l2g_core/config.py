@@ -117,9 +117,17 @@ def validate_config(config, schema_path=SCHEMA_PATH):
     error = jsonschema.exceptions.best_match(validator.iter_errors(resolved))
     if error is not None:
         raise L2GError(_describe(error, written_at(config, list(error.absolute_path))))
-    for name, dataset in resolved["datasets"].items():
-        check_dataset(name, dataset)
+    # a recipe before the datasets built on it: a mistake they inherit is named where it was written
+    for name in sorted(resolved["datasets"], key=lambda n: recipe_depth(config["datasets"], n)):
+        check_dataset(name, resolved["datasets"][name])
     return resolved["datasets"]
+
+
+def recipe_depth(datasets, name):
+    """0 for a dataset without a recipe, 1 for one built on such a dataset, ... (no cycles here:
+    resolve_recipes has refused them)."""
+    recipe = datasets[name].get("recipe")
+    return 0 if recipe is None else 1 + recipe_depth(datasets, recipe)
 
 
 def check_classes(name, dataset):

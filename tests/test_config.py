@@ -84,6 +84,11 @@ def test_a_recipe_gives_the_method_not_the_data_and_mistakes_name_where_they_wer
     with pytest.raises(L2GError, match=r"^datasets\.voc\.train_seg\.lr: expected number, got 'x'$"):
         validate_config(config)
     config["datasets"]["voc"]["train_seg"]["lr"] = 0.00025
+    config["datasets"] = dict(reversed(config["datasets"].items()))  # Snakemake writes keys sorted: coco first
+    config["datasets"]["voc"]["train_seg"]["init"] = None  # a check after the schema's: named where written too
+    with pytest.raises(L2GError, match=r"^datasets\.voc\.train_seg\.init: null would train"):
+        validate_config(config)
+    config["datasets"]["voc"]["train_seg"]["init"] = "scratch"
     for recipe, expected in (("vocc", "datasets.mine.recipe: 'vocc' is not a dataset of this config"),
                              ("mine", "datasets.mine.recipe: a cycle (mine -> mine)")):
         config["datasets"]["mine"]["recipe"] = recipe

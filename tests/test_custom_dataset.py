@@ -68,9 +68,11 @@ datasets:
 
 
 def test_a_three_class_dataset_runs_to_miou_json_with_its_class_names(tmp_path):
-    root = write_shapes(tmp_path / "shapes", train=16, val=6)
+    root = write_shapes(tmp_path / "shapes", train=12, val=4)
     config = tiny_config()  # the demo recipe shrunk to seconds
     config["datasets"].update(yaml.safe_load(USER_CONFIG.format(root=root))["datasets"])
+    # fewer jobs (the demo's shards and second L2G run are tested in test_workflow.py)
+    config["datasets"]["shapes"].update(jobs={"shards": 1}, train_l2g_no_saliency=None)
     run_snakemake(tmp_path / "work", "--cores", "2", "results/shapes/miou.json", config=config)
     results = tmp_path / "work/results/shapes"
     names = ["background", *CLASSES]

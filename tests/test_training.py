@@ -175,7 +175,7 @@ def test_two_ddp_processes_train_as_one_process_on_the_global_batch(manifest, tm
     init = tmp_path / "backbone.pt"
     torch.save(build_backbone("small").state_dict(), init)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    options = ["train-l2g", "--manifest", str(manifest), "--backbone", "small", "--init", str(init), "--epochs", "2",
+    options = ["train-l2g", "--manifest", str(manifest), "--backbone", "small", "--init", str(init), "--epochs", "1",
                "--accumulate", "2", "--crop-layout", "random", "--device", "cpu", "--log-every", "1", *L2G_OPTIONS]
     two = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "l2g_core.cli",
                           *options, "--out", str(tmp_path / "two.pt")], capture_output=True, text=True, env=env)
@@ -186,7 +186,7 @@ def test_two_ddp_processes_train_as_one_process_on_the_global_batch(manifest, tm
     assert f"ignoring {tmp_path / 'checkpoint.pt'}: made by 2 DDP process(es), this run has 1; " \
            "starting from epoch 0" in one.stdout
     one_log = (tmp_path / "train_log.csv").read_text()
-    assert len(one_log.splitlines()) == 1 + 2 * 3  # 24 images / 4 per update = 6 updates, one row each
+    assert len(one_log.splitlines()) == 1 + 3  # 24 images, 4 per step, 2 steps per update: 3 updates, one row each
     for row_one, row_two in zip(one_log.splitlines()[1:], two_log.splitlines()[1:], strict=True):
         assert [float(v) for v in row_one.split(",")] == pytest.approx([float(v) for v in row_two.split(",")],
                                                                       rel=1e-4)
