@@ -158,6 +158,12 @@ def test_a_voc_sized_dataset_plans_per_stage_jobs_not_per_image_jobs(tmp_path):
     held = {re.search(r"^rule (\w+):", block, re.M).group(1): re.search(r"gpu=(\d+)", block).group(1)
             for block in plan.split("\n\n") if re.search(r"^rule (predict|label)_seg:", block, re.M)}
     assert held == {"predict_seg": "1", "label_seg": "0"}
+    # each job gets its part of the predict_seg section: the network's options, the CRF's
+    network = next(line for line in plan.splitlines() if "l2g predict-seg" in line).split()
+    labelling = next(line for line in plan.splitlines() if "l2g label-seg" in line).split()
+    assert "--scales" in network and "--no-flip" in network and "--batch-size" in network and "--crf" not in network
+    assert "--crf-image" in labelling and "deeplab_pytorch" in labelling and "--bi-rgb-std" in labelling
+    assert "--scales" not in labelling
 
 
 def test_voc_l2g_and_control_start_from_the_imagenet_weights_not_stage_1(tmp_path):

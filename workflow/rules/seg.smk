@@ -50,7 +50,7 @@ rule predict_seg:
     shell:
         launch() + "l2g predict-seg --manifest {input.manifest} --model {input.model} --split val"
         " --out results/{wildcards.dataset}/{wildcards.model}/logits --shard {wildcards.shard}/{wildcards.shards}"
-        " > {log} 2>&1"
+        " {params.options} > {log} 2>&1"
 
 
 # The labels of one shard from its logits, on the CPU: the GPU is free for the next job while the
