@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from l2g_core.data.classes import CLASSES_FILE
+from l2g_core.data.classes import CLASSES_FILE, first_repeated
 from l2g_core.errors import L2GError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -67,21 +67,33 @@ def deep_merge(base, override):
     return merged
 
 
-def resolve_recipe(datasets, name, chain=()):
-    """Dataset `name` with its `recipe` (another dataset of the config, itself resolved) under it:
-    the recipe's method settings, the dataset's own keys on top, the dataset's data keys only."""
-    section = datasets[name]
-    recipe = section.get("recipe") if isinstance(section, dict) else None
-    if not isinstance(recipe, str):  # none, or a mistake the schema names
-        return section
-    if recipe not in datasets:
-        raise L2GError(f"datasets.{name}.recipe: {recipe!r} is not a dataset of this config "
-                       f"(one of {', '.join(sorted(datasets))})")
-    if recipe in chain + (name,):
-        raise L2GError(f"datasets.{name}.recipe: a cycle ({' -> '.join(chain + (name, recipe))})")
-    base = resolve_recipe(datasets, recipe, chain + (name,))
-    method = {key: value for key, value in base.items() if key not in DATA_KEYS}
-    return deep_merge(method, section)
+def recipe_chain(datasets, name):
+    """[name, its recipe, the recipe's recipe, ...]: where a dataset's settings come from, its own
+    first. An unknown recipe or a cycle is one line; a recipe that is not a name ends the chain
+    (the schema names that mistake)."""
+    chain = [name]
+    while True:
+        section = datasets[chain[-1]]
+        recipe = section.get("recipe") if isinstance(section, dict) else None
+        if not isinstance(recipe, str):
+            return chain
+        if recipe not in datasets:
+            raise L2GError(f"datasets.{chain[-1]}.recipe: {recipe!r} is not a dataset of this config "
+                           f"(one of {', '.join(sorted(datasets))})")
+        if recipe in chain:
+            raise L2GError(f"datasets.{chain[-1]}.recipe: a cycle ({' -> '.join(chain + [recipe])})")
+        chain.append(recipe)
+
+
+def resolve_recipe(datasets, name):
+    """Dataset `name` with its recipe chain under it: each recipe's method settings, the
+    dataset's own keys on top, the dataset's data keys only."""
+    chain = recipe_chain(datasets, name)
+    settings = datasets[chain[-1]]
+    for below in reversed(chain[:-1]):
+        method = {key: value for key, value in settings.items() if key not in DATA_KEYS}
+        settings = deep_merge(method, datasets[below])
+    return settings
 
 
 def resolve_recipes(config):
@@ -93,19 +105,18 @@ def resolve_recipes(config):
 
 
 def written_at(config, path):
-    """The key path as the user wrote it: inside a dataset, the dataset whose section (or recipe,
-    followed) holds the key."""
-    if len(path) < 3 or path[0] != "datasets":
+    """The key path as the user wrote it: inside a dataset, the first dataset of its recipe chain
+    whose section holds the key (the deepest recipe when none does; a data key is never inherited)."""
+    if len(path) < 3 or path[0] != "datasets" or path[2] in DATA_KEYS:
         return path
-    datasets, name = config["datasets"], path[1]
-    while True:
-        node = datasets.get(name)
+    chain = recipe_chain(config["datasets"], path[1])
+    for name in chain:
+        node = config["datasets"][name]
         for part in path[2:]:
             node = node.get(part) if isinstance(node, dict) else None
-        recipe = datasets.get(name, {}).get("recipe")
-        if node is not None or recipe not in datasets or path[2] in DATA_KEYS:
+        if node is not None:
             return ["datasets", name, *path[2:]]
-        name = recipe
+    return ["datasets", chain[-1], *path[2:]]
 
 
 def validate_config(config, schema_path=SCHEMA_PATH):
@@ -118,16 +129,9 @@ def validate_config(config, schema_path=SCHEMA_PATH):
     if error is not None:
         raise L2GError(_describe(error, written_at(config, list(error.absolute_path))))
     # a recipe before the datasets built on it: a mistake they inherit is named where it was written
-    for name in sorted(resolved["datasets"], key=lambda n: recipe_depth(config["datasets"], n)):
+    for name in sorted(resolved["datasets"], key=lambda n: len(recipe_chain(config["datasets"], n))):
         check_dataset(name, resolved["datasets"][name])
     return resolved["datasets"]
-
-
-def recipe_depth(datasets, name):
-    """0 for a dataset without a recipe, 1 for one built on such a dataset, ... (no cycles here:
-    resolve_recipes has refused them)."""
-    recipe = datasets[name].get("recipe")
-    return 0 if recipe is None else 1 + recipe_depth(datasets, recipe)
 
 
 def check_classes(name, dataset):
@@ -141,9 +145,9 @@ def check_classes(name, dataset):
     if classes is None and root is not None and not (Path(root) / CLASSES_FILE).is_file():
         raise L2GError(f"datasets.{name}: kind custom needs its class names: set classes: [...] or write "
                        f"them, one per line, to {Path(root) / CLASSES_FILE}")
-    twice = [c for i, c in enumerate(classes or []) if c in classes[:i]]
-    if twice:
-        raise L2GError(f"datasets.{name}.classes: {twice[0]!r} is listed twice")
+    twice = first_repeated(classes or [])
+    if twice is not None:
+        raise L2GError(f"datasets.{name}.classes: {twice!r} is listed twice")
 
 
 def check_dataset(name, dataset):

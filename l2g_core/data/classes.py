@@ -28,3 +28,13 @@ CLASSES_BY_KIND = {"voc": VOC_CLASSES, "coco": COCO_CLASSES, "synthetic": SYNTHE
 # A custom dataset (kind custom) names its classes itself: in the config, or one per line in this
 # file of its root.
 CLASSES_FILE = "classes.txt"
+
+
+def first_repeated(names):
+    """The first class name listed a second time, or None: a class list names each class once."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None

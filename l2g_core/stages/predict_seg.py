@@ -64,7 +64,7 @@ def run(args):
     manifest = load_manifest(args.manifest)
     ids = shard_ids(split_ids(manifest, args.split), shard)
     layout = VOCLayout(manifest["root"])
-    model, state = load_segmenter(args.model, class_names=manifest["class_names"])
+    model, _ = load_segmenter(args.model, class_names=manifest["class_names"])
     runtime = setup_runtime(args.device)
     model.to(runtime.device).eval()
     print(f"predict-seg {args.model} on {manifest['name']}/{args.split} shard {describe_shard(shard)} "

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from l2g_core import __version__
-from l2g_core.data.classes import CLASSES_BY_KIND, CLASSES_FILE
+from l2g_core.data.classes import CLASSES_BY_KIND, CLASSES_FILE, first_repeated
 from l2g_core.data.layout import IGNORE_INDEX, VOCLayout, labels_from_mask
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import write_json, write_text
@@ -139,9 +139,9 @@ def class_names_of(kind, classes, root):
         names = [line.strip() for line in source.read_text().splitlines() if line.strip()]
     if not names:
         raise L2GError(f"{source}: no class names")
-    twice = [name for index, name in enumerate(names) if name in names[:index]]
-    if twice:
-        raise L2GError(f"{source}: class {twice[0]!r} is listed twice")
+    twice = first_repeated(names)
+    if twice is not None:
+        raise L2GError(f"{source}: class {twice!r} is listed twice")
     return list(names)
 
 
