@@ -59,6 +59,14 @@ def prepare_tiny_dataset(root, train, val=2, size=64):
     return manifest
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Tests that share the finished demo chain form one xdist group: one worker, one chain."""
+    for item in items:
+        if "finished_demo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("demo_chain"))
+
+
 FINAL_TARGETS = ("results/demo/miou.json", "results/demo/supervised/miou.json")
 
 
