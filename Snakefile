@@ -19,6 +19,7 @@ include: "workflow/rules/cams.smk"
 include: "workflow/rules/pseudo_labels.smk"
 include: "workflow/rules/seg.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/experiments.smk"
 
 
 onsuccess:

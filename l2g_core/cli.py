@@ -29,6 +29,8 @@ STAGES = (
     ("predict-seg", "l2g_core.stages.predict_seg", "multi-scale, flipped DeepLab logits, one file per image (GPU)"),
     ("label-seg", "l2g_core.stages.label_seg", "labels from DeepLab logits, optionally CRF-refined (CPU)"),
     ("score-seg", "l2g_core.stages.score_seg", "the final mIoU of the predictions, with the earlier stages' numbers"),
+    ("summarize-experiment", "l2g_core.stages.summarize_experiment",
+     "an experiment's runs as mean +- std per stage and variant: summary.json, .csv, .md and a plot"),
     ("plot-report", "l2g_core.stages.plot_report",
      "the figures of a finished run for snakemake --report: IoU bars, image grid, losses, run times"),
     ("gather", "l2g_core.stages.gather", "join the shards of a per-image stage into one complete folder"),

@@ -131,7 +131,22 @@ def validate_config(config, schema_path=SCHEMA_PATH):
     # a recipe before the datasets built on it: a mistake they inherit is named where it was written
     for name in sorted(resolved["datasets"], key=lambda n: len(recipe_chain(config["datasets"], n))):
         check_dataset(name, resolved["datasets"][name])
+    from l2g_core.experiments import check_experiments
+
+    check_experiments(config)
     return resolved["datasets"]
+
+
+def check_settings(name, settings, written, schema_path=SCHEMA_PATH):
+    """Check one dataset's settings (an experiment's run) against the schema's dataset and the file
+    system; `written(path)` names where the user wrote the key at `path`. Returns the settings."""
+    schema = load_yaml(schema_path, "schema")
+    validator = jsonschema.Draft202012Validator({"$ref": "#/$defs/dataset", "$defs": schema["$defs"]})
+    error = jsonschema.exceptions.best_match(validator.iter_errors(settings))
+    if error is not None:
+        raise L2GError(_describe(error, written(list(error.absolute_path))))
+    check_dataset(name, settings)
+    return settings
 
 
 def check_classes(name, dataset):

@@ -9,6 +9,7 @@ inches at DPI dots per inch, so the pixel size of a figure depends only on the s
     cam_overlay   one image's CAMs as a heat map over it (a grid panel)
     loss_curves   training losses against updates, one panel per model
     run_times     seconds per stage, a horizontal bar chart
+    experiment_summary  an experiment's mIoU per stage and variant, mean ± std and every run
 """
 
 import matplotlib
@@ -254,4 +255,37 @@ def run_times(path, times, title="Run time of each stage"):
         ax.xaxis.grid(True, color="#dddddd")
         ax.set_axisbelow(True)
         ax.set_title(f"{title}: {duration_text(sum(seconds))} in all")
+        _save(fig, path)
+
+
+# --- experiments ---------------------------------------------------------------------------------
+
+
+def experiment_summary(path, stages, variants, title="Experiment"):
+    """mIoU (in percent) per stage: one bar per variant at its mean, the standard deviation as an
+    error bar and each run's value as a dot.
+
+    stages    {stage label: {variant: {"mean", "std" (None for one run), "values"}}} in drawing order
+    variants  the variant names, in legend order
+    """
+    width = max(8.0, min(40.0, 2.0 + len(stages) * (len(variants) * 0.45 + 0.4)))
+    with plt.rc_context(STYLE):
+        fig = _figure(width, 6.0)
+        ax = fig.add_subplot()
+        bar = 0.8 / len(variants)
+        for k, variant in enumerate(variants):
+            xs = [i + (k - (len(variants) - 1) / 2) * bar for i in range(len(stages))]
+            stats = [stage.get(variant) for stage in stages.values()]
+            colour = COLOURS[k % len(COLOURS)]
+            means = [100 * s["mean"] if s else np.nan for s in stats]
+            errors = [100 * s["std"] if s and s["std"] is not None else 0.0 for s in stats]
+            ax.bar(xs, means, bar, yerr=errors, capsize=3, color=colour, label=variant)
+            for x, stat in zip(xs, stats):
+                if stat:
+                    ax.scatter([x] * len(stat["values"]), [100 * v for v in stat["values"]], s=14,
+                               color="black", zorder=3)
+        ax.set_xticks(range(len(stages)), list(stages), rotation=30, ha="right")
+        ax.set_ylabel("mIoU (%)")
+        ax.set_title(title)
+        ax.legend(loc="upper left", fontsize=11)
         _save(fig, path)

@@ -59,12 +59,25 @@ def prepare_tiny_dataset(root, train, val=2, size=64):
     return manifest
 
 
+def shared_fixture_group(item):
+    """The xdist group of a test that uses one of our module- or session-scoped fixtures (a
+    Snakemake run, a cluster): the session fixture's name, else the module; None for the others."""
+    definitions = [defs[-1] for name in getattr(item, "fixturenames", ())
+                   if (defs := item._fixtureinfo.name2fixturedefs.get(name)) and defs[-1].baseid]
+    session = [d.argname for d in definitions if d.scope == "session"]
+    if session:
+        return session[0]
+    if any(d.scope == "module" for d in definitions):
+        return item.nodeid.split("::")[0]
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """Tests that share the finished demo chain form one xdist group: one worker, one chain."""
+    """Tests sharing an expensive fixture run on one xdist worker, so it is built once."""
     for item in items:
-        if "finished_demo" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("demo_chain"))
+        if (group := shared_fixture_group(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 FINAL_TARGETS = ("results/demo/miou.json", "results/demo/supervised/miou.json")

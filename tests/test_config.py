@@ -4,6 +4,7 @@ import copy
 import re
 
 import pytest
+import yaml
 
 from l2g_core.config import load_yaml, require_root, validate_config
 from l2g_core.errors import L2GError
@@ -160,3 +161,12 @@ def test_one_setting_points_the_pipeline_at_a_voc_copy(tmp_path):
                            "--config", f"datasets={{voc: {{root: {root}}}}}",
                            config=config)
     assert "rule prepare" in result.stdout and str(root) in result.stdout
+
+
+def test_the_stage_registry_names_every_rule_the_workflow_and_the_schema_have(tmp_path):
+    from l2g_core.pipeline import RULES
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    assert list(schema["$defs"]["per_rule"]["properties"]) == ["default", *RULES]
+    listed = run_snakemake(tmp_path, "--list-rules").stdout.split()
+    assert sorted(listed) == sorted([*RULES, "score_supervised", "all"])

@@ -26,6 +26,7 @@ from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import read_json
+from l2g_core.pipeline import TRAINED_MODELS
 
 FIGURES = ("iou_per_class.png", "samples.png", "loss_curves.png", "run_times.png")
 # (legend label, metrics file under RESULTS, bar colour), in pipeline order.
@@ -40,14 +41,6 @@ SCORED_STAGES = (
 )
 # Stages a run makes only where the config asks for them (train_l2g_no_saliency).
 OPTIONAL_STAGES = ("no_saliency_cams/miou.json",)
-# {model folder under RESULTS: panel title} of the training stages.
-TRAINED_MODELS = {
-    "cls": "stage 1 classifier (cls)",
-    "l2g": "L2G transfer (l2g)",
-    "control": "control classifier (control)",
-    "seg": "DeepLab on pseudo labels (seg)",
-    "supervised": "DeepLab on ground truth (supervised)",
-}
 # Benchmark names in pipeline order (prefixes); other names follow, alphabetically.
 STAGE_ORDER = ("make_synthetic", "prepare", "train_cls", "train_l2g", "train_control",
                "export_cls_cams", "export_control_cams", "export_cams", "export_no_saliency_cams",

@@ -7,8 +7,8 @@
 
 rule export_cams:
     input:
-        manifest="results/{dataset}/data/manifest.json",
-        model=lambda wc: f"results/{wc.dataset}/{CAM_MODELS[wc.cams]}/model.pt",
+        manifest=MANIFEST,
+        model=lambda wc: at(wc.dataset, f"{CAM_MODELS[wc.cams]}/model.pt"),
     output:
         manifest="results/{dataset}/{cams}/manifest-shard-{shard}-of-{shards}.json",
     wildcard_constraints:
@@ -33,8 +33,8 @@ rule export_cams:
 
 rule evaluate_cams:
     input:
-        manifest="results/{dataset}/data/manifest.json",
-        cams="results/{dataset}/{cams}/manifest.json",
+        manifest=MANIFEST,
+        cams=result("{cams}/manifest.json"),
     output:
         metrics="results/{dataset}/{cams}/miou{part}.json",
     wildcard_constraints:
@@ -42,7 +42,8 @@ rule evaluate_cams:
         part=PARTS,
     params:
         split=scored_split,
-        options=lambda wc: cli_flags(DATASETS[wc.dataset].get("evaluate_cams") or {}),
+        pred=folder_of("cams"),
+        options=lambda wc: cli_flags(settings(wc.dataset).get("evaluate_cams") or {}),
     conda:
         CONDA_ENV
     log:
@@ -54,5 +55,5 @@ rule evaluate_cams:
         **job_resources("evaluate_cams"),
     shell:
         "l2g evaluate --manifest {input.manifest} --split {params.split} --kind cam {params.options}"
-        " --pred results/{wildcards.dataset}/{wildcards.cams} --out {output.metrics}"
+        " --pred {params.pred} --out {output.metrics}"
         " --workers {threads} > {log} 2>&1"

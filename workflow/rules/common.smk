@@ -1,11 +1,17 @@
 # Config validation, wildcard constraints, input functions and job settings shared by every rule.
+import copy
+import json
 import re
 import shlex
 import sys
 from pathlib import Path
 
-from l2g_core.config import l2g_runs, require_root, validate_config
+from l2g_core.config import require_root, validate_config
 from l2g_core.errors import L2GError
+from l2g_core.experiments import MARK, all_runs, run_settings, split_run
+from l2g_core.pipeline import (CAM_MODELS, L2G_RUNS, SEG_MODELS, SHARDED, SUBSET, cam_folders, control_options,
+                               from_stage1, l2g_options, made_with, prediction_options, product_of, seg_options,
+                               summary_stages, threshold_from_cams, TRAINED_MODELS)
 from l2g_core.workflow_support import cli_flags, job_environment, write_resolved_configs
 
 job_environment(workflow.basedir)
@@ -18,6 +24,7 @@ def fail(message):
     sys.exit(1)
 
 
+WRITTEN_CONFIG = copy.deepcopy(config)  # as the user wrote it: mistakes in a run are named there
 try:
     # every dataset's settings with its recipe resolved; results/{dataset}/config.yaml records these
     config["datasets"] = validate_config(config)
@@ -26,36 +33,77 @@ except L2GError as error:
 
 DATASETS = config["datasets"]
 SYNTHETIC = [name for name, ds in DATASETS.items() if ds["kind"] == "synthetic"]
-# CAMs of the classifiers: stage 1 (plain CAMs), the control (stage 1 trained on as long as L2G
-# trains, without the transfer loss), the L2G global network and, where the config asks for one
-# (train_l2g_no_saliency), a second L2G network trained without the saliency maps.
-CAM_MODELS = {"cls_cams": "cls", "control_cams": "control", "cams": "l2g", "no_saliency_cams": "l2g_no_saliency"}
-# The L2G runs: {model folder: config section of its options}.
-L2G_RUNS = {"l2g": "train_l2g", "l2g_no_saliency": "train_l2g_no_saliency"}
-# The control run trains like stage 2 (same start, budget, batch, schedule, inputs), with no
-# transfer loss: an L2G gain over it is not more training.
-CONTROL_KEYS = ("input_size", "epochs", "iterations", "batch_size", "lr", "weight_decay", "momentum", "nesterov",
-                "schedule", "step_epochs", "gamma", "poly_power", "poly_step", "accumulate", "seed", "workers",
-                "amp", "log_every", "resize", "short_side", "crop_axes", "flip", "jitter", "image_stats")
-# The model options of stage 1 that an L2G run with start: pretrained (official) builds on.
-MODEL_KEYS = ("backbone", "init", "pcm", "output_stride")
-# DeepLab on the pseudo labels, and the fully supervised reference on the ground truth.
-SEG_MODELS = ("seg", "supervised")
-# The part of the training split scored beside it (VOC's 1,464-image train list within train_aug).
-SUBSET = "train_subset"
-# Per-image output folders made in shards, and the split each covers.
-SHARDED = {**dict.fromkeys(CAM_MODELS, "train"), "pseudo_labels": "train", **{f"{m}/pred": "val" for m in SEG_MODELS}}
+EXPERIMENTS = all_runs(config)
+# Every experiment's runs of every dataset: datasets of their own, results/{dataset}/experiments/NAME/RUN.
+RUNS = [f"{dataset}{MARK}{name}/{run}" for dataset in DATASETS for name, runs in EXPERIMENTS.items() for run in runs]
+_run_settings = {}
+
+
+def settings(name):
+    """A dataset's settings, or an experiment run's (checked when first asked for)."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if name not in _run_settings:
+        try:
+            _run_settings[name] = run_settings(WRITTEN_CONFIG, DATASETS, name)
+        except L2GError as error:
+            fail(error)
+    return _run_settings[name]
 
 
 def one_of(names):
     """A wildcard pattern matching exactly these names (or nothing when there are none)."""
-    return "|".join(names) if names else "(?!x)x"
+    return "|".join(map(re.escape, names)) if names else "(?!x)x"
 
 
 wildcard_constraints:
-    dataset=one_of(DATASETS),
+    dataset=one_of([*DATASETS, *RUNS]),
     shard=r"\d+",
     shards=r"\d+",
+
+
+_made = {}
+_owners = {}
+
+
+def made(dataset, product):
+    """made_with of `product` in `dataset`'s run (None where the run has no such output), cached."""
+    if (dataset, product) not in _made:
+        try:
+            _made[dataset, product] = made_with(settings(dataset), product)
+        except KeyError:  # e.g. a base dataset without the second L2G run a variant adds
+            _made[dataset, product] = None
+    return _made[dataset, product]
+
+
+def owner(dataset, product):
+    """The dataset whose folder holds `product` for `dataset`'s run: for an experiment run, the
+    base dataset or else the experiment's first run that makes it the same way
+    (l2g_core.pipeline.made_with); otherwise the run itself."""
+    base, experiment, _ = split_run(dataset)
+    if experiment is None:
+        return dataset
+    if (dataset, product) not in _owners:
+        earlier = [base, *(f"{base}{MARK}{experiment}/{run}" for run in EXPERIMENTS[experiment])]
+        earlier = earlier[:earlier.index(dataset)]
+        _owners[dataset, product] = next((name for name in earlier if made(name, product) == made(dataset, product)),
+                                         dataset)
+    return _owners[dataset, product]
+
+
+def at(dataset, path):
+    """results/{owner}/{path}: where `path` (under a dataset's results folder) is for `dataset`."""
+    return f"results/{owner(dataset, product_of(path))}/{path}"
+
+
+def result(path):
+    """Input function: `path` (with the job's wildcards filled in) where it is for the job's dataset."""
+    return lambda wc: at(wc.dataset, path.format(**dict(wc.items())))
+
+
+def folder_of(name):
+    """Params function: the folder of input `name` (a stage's manifest.json), as an option value."""
+    return lambda wc, input: shlex.quote(str(Path(input[name]).parent))
 
 
 def dataset_root(wildcards):
@@ -74,20 +122,12 @@ def synthetic_input(wildcards):
 
 def stage_flags(stage):
     """Input function: the options of `stage` for the dataset of the job."""
-    return lambda wc: cli_flags(DATASETS[wc.dataset][stage])
-
-
-# The keys of the predict_seg section that the network job (predict-seg) takes; the others
-# (the CRF's) go to the labelling job (label-seg).
-NETWORK_KEYS = ("scales", "flip", "batch_size")
+    return lambda wc: cli_flags(settings(wc.dataset)[stage])
 
 
 def prediction_flags(network):
     """Input function: the predict_seg options of the network job, or of the labelling job."""
-    def flags(wildcards):
-        section = DATASETS[wildcards.dataset]["predict_seg"]
-        return cli_flags({key: value for key, value in section.items() if (key in NETWORK_KEYS) == network})
-    return flags
+    return lambda wc: cli_flags(prediction_options(settings(wc.dataset), network))
 
 
 # --- jobs: threads, GPUs, memory, run time (config datasets.NAME.jobs) -------------------------
@@ -96,7 +136,7 @@ def prediction_flags(network):
 def job_setting(kind, rule):
     """A callable giving the `kind` setting (threads, gpu, mem_mb, runtime) of `rule`'s jobs."""
     def setting(wildcards):
-        values = DATASETS[wildcards.dataset]["jobs"][kind]
+        values = settings(wildcards.dataset)["jobs"][kind]
         return values.get(rule, values["default"])
     return setting
 
@@ -121,25 +161,14 @@ def launch(ddp=False):
 
 def shard_manifests(wildcards):
     """The shard manifests of the per-image folder `wildcards.folder` of the job's dataset."""
-    count = DATASETS[wildcards.dataset]["jobs"]["shards"]
+    count = settings(wildcards.dataset)["jobs"]["shards"]
     return [f"results/{wildcards.dataset}/{wildcards.folder}/manifest-shard-{i}-of-{count}.json"
             for i in range(1, count + 1)]
 
 
 # --- stage-specific input functions --------------------------------------------------------------
 
-
-def cam_folders(dataset):
-    """The CAM folders a dataset's run makes: an L2G run's only where the config has that run."""
-    runs = l2g_runs(DATASETS[dataset])
-    return [folder for folder, model in CAM_MODELS.items() if model not in L2G_RUNS or L2G_RUNS[model] in runs]
-
-
-def train_subset(dataset):
-    """The list of the part of the training split also scored (splits.train_subset), or None."""
-    return DATASETS[dataset]["splits"].get("train_subset")
-
-
+MANIFEST = result("data/manifest.json")
 # The scored part of the training split: "" (all of it, miou.json) or _train_subset.
 PARTS = f"|_{SUBSET}"
 
@@ -148,19 +177,14 @@ def scored_split(wildcards):
     return "train" if not wildcards.part else SUBSET
 
 
+def summary_metrics(dataset, part=""):
+    """{name: miou.json} of the earlier stages whose numbers the final miou.json carries."""
+    return {name: at(dataset, f"{product}.json") for name, product in summary_stages(settings(dataset)).items()}
+
+
 def cam_metrics(dataset, part=""):
     """{name: miou.json} of every CAM folder of the dataset (on the scored part of the split)."""
-    return {folder: f"results/{dataset}/{folder}/miou{part}.json" for folder in cam_folders(dataset)}
-
-
-def summary_metrics(dataset, part=""):
-    """{name: miou.json} of the earlier stages whose numbers the final miou.json carries: the CAMs,
-    the pseudo labels and, with splits.train_subset, both again on that part of the training split."""
-    metrics = {**cam_metrics(dataset), "pseudo_labels": f"results/{dataset}/pseudo_labels/miou.json"}
-    if train_subset(dataset):
-        metrics.update({f"{name}_{SUBSET}": path.replace("miou.json", f"miou_{SUBSET}.json")
-                        for name, path in list(metrics.items())})
-    return metrics
+    return {folder: at(dataset, f"{folder}/miou{part}.json") for folder in cam_folders(settings(dataset))}
 
 
 def stage_metrics(metrics):
@@ -174,35 +198,15 @@ def stage_options(option, metrics):
                                       for name in metrics(wc.dataset, getattr(wc, "part", "")))
 
 
-def l2g_options(wildcards):
-    """The options of the job's L2G run (l2g_runs: the no-saliency run's on top of train_l2g's)."""
-    runs = l2g_runs(DATASETS[wildcards.dataset])
-    section = L2G_RUNS[wildcards.l2g]
-    if section not in runs:
-        fail(f"datasets.{wildcards.dataset}.{section} is not set: no L2G run without saliency")
-    return runs[section]
-
-
-def from_stage1(dataset):
-    """Whether stage 2 (L2G and the control) starts from the stage-1 classifier."""
-    return DATASETS[dataset]["train_l2g"].get("start", "pretrained") == "stage1"
-
-
-def start_options(dataset):
-    """Stage 1's model options, for a stage-2 run that builds fresh networks (start: pretrained)."""
-    if from_stage1(dataset):
-        return {}
-    return {key: value for key, value in DATASETS[dataset]["train_cls"].items() if key in MODEL_KEYS}
-
-
 def l2g_flags(wildcards):
-    options = {key: value for key, value in l2g_options(wildcards).items() if key != "start"}
-    return cli_flags({**start_options(wildcards.dataset), **options})
+    options = l2g_options(settings(wildcards.dataset), wildcards.l2g)
+    if options is None:
+        fail(f"datasets.{wildcards.dataset}.{L2G_RUNS[wildcards.l2g]} is not set: no L2G run without saliency")
+    return cli_flags(options)
 
 
 def control_flags(wildcards):
-    l2g = DATASETS[wildcards.dataset]["train_l2g"]
-    return cli_flags({**start_options(wildcards.dataset), **{k: v for k, v in l2g.items() if k in CONTROL_KEYS}})
+    return cli_flags(control_options(settings(wildcards.dataset)))
 
 
 def init_file(init):
@@ -218,11 +222,12 @@ def init_file(init):
 
 def stage2_inputs(wildcards):
     """What a stage-2 job (L2G, control) starts from: the stage-1 classifier, or stage 1's init file."""
-    inputs = {"manifest": f"results/{wildcards.dataset}/data/manifest.json"}
-    if from_stage1(wildcards.dataset):
-        inputs["init"] = f"results/{wildcards.dataset}/cls/model.pt"
-    elif init_file(DATASETS[wildcards.dataset]["train_cls"].get("init")):
-        inputs["weights"] = DATASETS[wildcards.dataset]["train_cls"]["init"]
+    dataset = settings(wildcards.dataset)
+    inputs = {"manifest": MANIFEST(wildcards)}
+    if from_stage1(dataset):
+        inputs["init"] = at(wildcards.dataset, "cls/model.pt")
+    elif init_file(dataset["train_cls"].get("init")):
+        inputs["weights"] = dataset["train_cls"]["init"]
     return inputs
 
 
@@ -232,41 +237,67 @@ def init_from(wildcards, input):
 
 def weights_input(stage):
     """Input function: the init weights file of `stage`'s section, if it names one."""
-    return lambda wc: [path] if (path := init_file(DATASETS[wc.dataset][stage].get("init"))) else []
+    return lambda wc: [path] if (path := init_file(settings(wc.dataset)[stage].get("init"))) else []
+
+
+def refine_inputs(wildcards):
+    """The L2G CAMs and, where refine takes its threshold from them, their scores."""
+    inputs = {"manifest": MANIFEST(wildcards), "cams": at(wildcards.dataset, "cams/manifest.json")}
+    if threshold_from_cams(settings(wildcards.dataset)):
+        inputs["metrics"] = at(wildcards.dataset, "cams/miou.json")
+    return inputs
 
 
 def refine_background(wildcards, input):
     """--threshold-from the CAM scores, unless the config sets a threshold or an ignore band."""
-    refine = DATASETS[wildcards.dataset]["refine"]
-    if refine.get("threshold") is None and not refine.get("ignore_band"):
-        return f"--threshold-from {input.metrics}"
-    return ""
+    return f"--threshold-from {input.metrics}" if "metrics" in input.keys() else ""
 
 
 def seg_inputs(wildcards):
     """The pseudo labels (seg only), the stage-1 classifier when init is `stage1`, the init file."""
-    inputs = {"manifest": f"results/{wildcards.dataset}/data/manifest.json"}
+    inputs = {"manifest": MANIFEST(wildcards)}
     if wildcards.model == "seg":
-        inputs["labels"] = f"results/{wildcards.dataset}/pseudo_labels/manifest.json"
-    init = DATASETS[wildcards.dataset]["train_seg"].get("init")
+        inputs["labels"] = at(wildcards.dataset, "pseudo_labels/manifest.json")
+    init = settings(wildcards.dataset)["train_seg"].get("init")
     if init == "stage1":
-        inputs["init"] = f"results/{wildcards.dataset}/cls/model.pt"
+        inputs["init"] = at(wildcards.dataset, "cls/model.pt")
     elif init_file(init):
         inputs["weights"] = init
     return inputs
 
 
 def seg_source(wildcards, input):
-    source = f"--labels results/{wildcards.dataset}/pseudo_labels" if wildcards.model == "seg" else "--ground-truth"
+    source = f"--labels {Path(input.labels).parent}" if wildcards.model == "seg" else "--ground-truth"
     return source + (f" --init {input.init}" if "init" in input.keys() else "")
 
 
 def seg_flags(wildcards):
-    """The train_seg options; `init: stage1` becomes an input (seg_source), not an option."""
-    options = DATASETS[wildcards.dataset]["train_seg"]
-    return cli_flags({k: v for k, v in options.items() if not (k == "init" and v == "stage1")})
+    return cli_flags(seg_options(settings(wildcards.dataset)))
 
 
-def score_seg_command(model):
-    return (f"l2g score-seg --manifest {{input.manifest}} --split val --pred results/{{wildcards.dataset}}/{model}/pred"
-            f" {{params.stages}} --out {{output.metrics}} --workers {{threads}} > {{log}} 2>&1")
+def score_seg_command():
+    return ("l2g score-seg --manifest {input.manifest} --split val --pred {params.pred}"
+            " {params.stages} --out {output.metrics} --workers {threads} > {log} 2>&1")
+
+
+# --- experiments ---------------------------------------------------------------------------------
+
+
+def experiment_metrics(wildcards):
+    """{run: {kind: metrics file}} of the experiment's runs, each where it is made."""
+    experiment = config["experiments"][wildcards.experiment]
+    metrics = {}
+    for run in EXPERIMENTS[wildcards.experiment]:
+        name = f"{wildcards.dataset}{MARK}{wildcards.experiment}/{run}"
+        if experiment.get("score", "final") == "cams":
+            metrics[run] = {folder: at(name, f"{folder}/miou.json") for folder in cam_folders(settings(name))}
+        else:
+            metrics[run] = {"final": at(name, "miou.json"), "supervised": at(name, "supervised/miou.json")}
+    return metrics
+
+
+def experiment_runs(wildcards):
+    """--runs of summarize-experiment: each run's variant, seed and metrics files, as JSON."""
+    runs = EXPERIMENTS[wildcards.experiment]
+    return json.dumps({run: {"variant": runs[run][0], "seed": runs[run][1], "metrics": metrics}
+                       for run, metrics in experiment_metrics(wildcards).items()})

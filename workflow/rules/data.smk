@@ -30,13 +30,15 @@ rule prepare:
         labels="results/{dataset}/data/labels.json",
         train="results/{dataset}/data/train.txt",
         val="results/{dataset}/data/val.txt",
+    wildcard_constraints:
+        dataset=one_of(DATASETS),
     params:
         kind=lambda wc: DATASETS[wc.dataset]["kind"],
         classes=lambda wc: cli_flags({"classes": DATASETS[wc.dataset].get("classes")}),
         root=dataset_root,
         splits=lambda wc: DATASETS[wc.dataset]["splits"],
         empty=lambda wc: DATASETS[wc.dataset].get("empty_images", "skip"),
-        subset=lambda wc: f"--split train_subset={shlex.quote(subset)}" if (subset := train_subset(wc.dataset)) else "",
+        subset=lambda wc: f"--split {SUBSET}={shlex.quote(subset)}" if (subset := DATASETS[wc.dataset]["splits"].get(SUBSET)) else "",
     conda:
         CONDA_ENV
     log:

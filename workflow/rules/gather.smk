@@ -4,7 +4,7 @@
 
 rule gather:
     input:
-        manifest="results/{dataset}/data/manifest.json",
+        manifest=MANIFEST,
         shards=shard_manifests,
     output:
         "results/{dataset}/{folder}/manifest.json",
@@ -12,7 +12,7 @@ rule gather:
         folder=one_of(SHARDED),
     params:
         split=lambda wc: SHARDED[wc.folder],
-        shards=lambda wc: DATASETS[wc.dataset]["jobs"]["shards"],
+        shards=lambda wc: settings(wc.dataset)["jobs"]["shards"],
     conda:
         CONDA_ENV
     log:

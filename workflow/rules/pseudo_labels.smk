@@ -6,13 +6,12 @@
 
 rule refine:
     input:
-        manifest="results/{dataset}/data/manifest.json",
-        cams="results/{dataset}/cams/manifest.json",
-        metrics="results/{dataset}/cams/miou.json",
+        unpack(refine_inputs),
     output:
         manifest="results/{dataset}/pseudo_labels/manifest-shard-{shard}-of-{shards}.json",
     params:
         options=stage_flags("refine"),
+        cams=folder_of("cams"),
         background=refine_background,
     conda:
         CONDA_ENV
@@ -24,7 +23,7 @@ rule refine:
     resources:
         **job_resources("refine"),
     shell:
-        "l2g refine --manifest {input.manifest} --split train --cams results/{wildcards.dataset}/cams"
+        "l2g refine --manifest {input.manifest} --split train --cams {params.cams}"
         " --out results/{wildcards.dataset}/pseudo_labels --shard {wildcards.shard}/{wildcards.shards}"
         " --workers {threads} {params.background} {params.options} > {log} 2>&1"
 
@@ -32,9 +31,9 @@ rule refine:
 rule score_pseudo_labels:
     input:
         unpack(stage_metrics(cam_metrics)),
-        manifest="results/{dataset}/data/manifest.json",
-        labels="results/{dataset}/pseudo_labels/manifest.json",
-        cams="results/{dataset}/cams/manifest.json",
+        manifest=MANIFEST,
+        labels=result("pseudo_labels/manifest.json"),
+        cams=result("cams/manifest.json"),
     output:
         metrics="results/{dataset}/pseudo_labels/miou{part}.json",
     wildcard_constraints:
@@ -42,6 +41,8 @@ rule score_pseudo_labels:
     params:
         cam_scores=stage_options("cam-scores", cam_metrics),
         split=scored_split,
+        labels=folder_of("labels"),
+        cams=folder_of("cams"),
     conda:
         CONDA_ENV
     log:
@@ -53,5 +54,5 @@ rule score_pseudo_labels:
         **job_resources("score_pseudo_labels"),
     shell:
         "l2g score-pseudo-labels --manifest {input.manifest} --split {params.split}"
-        " --labels results/{wildcards.dataset}/pseudo_labels --cams results/{wildcards.dataset}/cams"
+        " --labels {params.labels} --cams {params.cams}"
         " {params.cam_scores} --out {output.metrics} --workers {threads} > {log} 2>&1"

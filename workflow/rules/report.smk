@@ -4,8 +4,6 @@
 # it also reads are written beside the models and by Snakemake, not declared by rules: the models
 # and the two final scores (the last jobs of the chain) stand for them.
 
-REPORT_MODELS = ("cls", "l2g", "control", "seg", "supervised")
-
 
 rule report:
     input:
@@ -13,10 +11,12 @@ rule report:
         final="results/{dataset}/miou.json",
         supervised="results/{dataset}/supervised/miou.json",
         scores=lambda wc: list(summary_metrics(wc.dataset).values()),
-        models=expand("results/{{dataset}}/{model}/model.pt", model=REPORT_MODELS),
+        models=expand("results/{{dataset}}/{model}/model.pt", model=TRAINED_MODELS),
         cams="results/{dataset}/cams/manifest.json",
         labels="results/{dataset}/pseudo_labels/manifest.json",
         pred=expand("results/{{dataset}}/{model}/pred/manifest.json", model=SEG_MODELS),
+    wildcard_constraints:
+        dataset=one_of(DATASETS),
     output:
         iou=report(
             "results/{dataset}/report/iou_per_class.png",

@@ -30,8 +30,8 @@ rule train_seg:
 
 rule predict_seg:
     input:
-        manifest="results/{dataset}/data/manifest.json",
-        model="results/{dataset}/{model}/model.pt",
+        manifest=MANIFEST,
+        model=result("{model}/model.pt"),
     output:
         manifest="results/{dataset}/{model}/logits/manifest-shard-{shard}-of-{shards}.json",
     wildcard_constraints:
@@ -57,14 +57,15 @@ rule predict_seg:
 # CRF runs (minutes on VOC val, hours on COCO val).
 rule label_seg:
     input:
-        manifest="results/{dataset}/data/manifest.json",
-        logits="results/{dataset}/{model}/logits/manifest-shard-{shard}-of-{shards}.json",
+        manifest=MANIFEST,
+        logits=result("{model}/logits/manifest-shard-{shard}-of-{shards}.json"),
     output:
         manifest="results/{dataset}/{model}/pred/manifest-shard-{shard}-of-{shards}.json",
     wildcard_constraints:
         model=one_of(SEG_MODELS),
     params:
         options=prediction_flags(network=False),
+        logits=folder_of("logits"),
     conda:
         CONDA_ENV
     log:
@@ -75,7 +76,7 @@ rule label_seg:
     resources:
         **job_resources("label_seg"),
     shell:
-        "l2g label-seg --manifest {input.manifest} --logits results/{wildcards.dataset}/{wildcards.model}/logits"
+        "l2g label-seg --manifest {input.manifest} --logits {params.logits}"
         " --split val --out results/{wildcards.dataset}/{wildcards.model}/pred"
         " --shard {wildcards.shard}/{wildcards.shards} --workers {threads} {params.options} > {log} 2>&1"
 
@@ -83,13 +84,14 @@ rule label_seg:
 rule score_seg:
     input:
         unpack(stage_metrics(summary_metrics)),
-        manifest="results/{dataset}/data/manifest.json",
-        pred="results/{dataset}/seg/pred/manifest.json",
+        manifest=MANIFEST,
+        pred=result("seg/pred/manifest.json"),
     output:
         metrics="results/{dataset}/miou.json",
         table="results/{dataset}/miou.csv",
     params:
         stages=stage_options("stage", summary_metrics),
+        pred=folder_of("pred"),
     conda:
         CONDA_ENV
     log:
@@ -100,18 +102,19 @@ rule score_seg:
     resources:
         **job_resources("score_seg"),
     shell:
-        score_seg_command("seg")
+        score_seg_command()
 
 
 rule score_supervised:
     input:
-        manifest="results/{dataset}/data/manifest.json",
-        pred="results/{dataset}/supervised/pred/manifest.json",
+        manifest=MANIFEST,
+        pred=result("supervised/pred/manifest.json"),
     output:
         metrics="results/{dataset}/supervised/miou.json",
         table="results/{dataset}/supervised/miou.csv",
     params:
         stages="",
+        pred=folder_of("pred"),
     conda:
         CONDA_ENV
     log:
@@ -122,4 +125,4 @@ rule score_supervised:
     resources:
         **job_resources("score_seg"),
     shell:
-        score_seg_command("supervised")
+        score_seg_command()

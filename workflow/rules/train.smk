@@ -8,7 +8,7 @@
 rule train_cls:
     input:
         weights_input("train_cls"),
-        manifest="results/{dataset}/data/manifest.json",
+        manifest=MANIFEST,
     output:
         model="results/{dataset}/cls/model.pt",
     params:

@@ -1,0 +1,161 @@
+"""The pipeline's stages in one place: what each makes under results/{dataset}/, from which other
+outputs, and with which settings.
+
+The workflow (wildcards, input functions, the options each job gets), the report, the experiments
+(which outputs a variant changes) and the tests read these names; nothing else lists them.
+
+An output ("product") is named by where it lives under results/{dataset}/: `cls` (cls/model.pt),
+`cams` (the CAM folder), `cams/miou` (its scores), `seg/logits`, `seg/pred`, `seg/miou` (the final
+results/{dataset}/miou.json), ... `made_with` says everything an output depends on: the settings of
+its own job and, recursively, those of the outputs it reads. Two runs whose `made_with` of an output
+are equal make the same file, so an experiment's variant reuses it (l2g_core.experiments).
+"""
+
+from l2g_core.config import DATA_KEYS, l2g_runs
+
+# The rules, by the name their jobs' settings go under (jobs.threads, gpu, mem_mb, runtime: the
+# schema's per-rule keys are these; score_supervised's jobs take score_seg's).
+RULES = ("make_synthetic", "prepare", "train_cls", "train_l2g", "train_control", "export_cams", "evaluate_cams",
+         "refine", "score_pseudo_labels", "train_seg", "predict_seg", "label_seg", "score_seg", "gather", "report",
+         "summarize_experiment")
+# The classifiers whose CAMs are exported: {CAM folder: model folder}.
+CAM_MODELS = {"cls_cams": "cls", "control_cams": "control", "cams": "l2g", "no_saliency_cams": "l2g_no_saliency"}
+# The L2G runs: {model folder: config section of its options}; the second only where the config sets it.
+L2G_RUNS = {"l2g": "train_l2g", "l2g_no_saliency": "train_l2g_no_saliency"}
+# DeepLab on the pseudo labels, and the fully supervised reference on the ground truth.
+SEG_MODELS = ("seg", "supervised")
+# {model folder: title} of the trained networks (each writes train_log.csv beside its model).
+TRAINED_MODELS = {
+    "cls": "stage 1 classifier (cls)",
+    "l2g": "L2G transfer (l2g)",
+    "control": "control classifier (control)",
+    "seg": "DeepLab on pseudo labels (seg)",
+    "supervised": "DeepLab on ground truth (supervised)",
+}
+# Per-image folders made in shards, and the split each covers.
+SHARDED = {**dict.fromkeys(CAM_MODELS, "train"), "pseudo_labels": "train", **{f"{m}/pred": "val" for m in SEG_MODELS}}
+# The part of the training split scored beside it (VOC's 1,464-image train list within train_aug).
+SUBSET = "train_subset"
+# The control trains like stage 2 (same start, budget, batch, schedule, inputs), with no transfer
+# loss: an L2G gain over it is not more training.
+CONTROL_KEYS = ("input_size", "epochs", "iterations", "batch_size", "lr", "weight_decay", "momentum", "nesterov",
+                "schedule", "step_epochs", "gamma", "poly_power", "poly_step", "accumulate", "seed", "workers",
+                "amp", "log_every", "resize", "short_side", "crop_axes", "flip", "jitter", "image_stats")
+# The model options of stage 1 that a stage-2 run with start: pretrained (official) builds on.
+MODEL_KEYS = ("backbone", "init", "pcm", "output_stride")
+# The predict_seg keys of the network job (predict-seg); the others (the CRF's) go to label-seg.
+NETWORK_KEYS = ("scales", "flip", "batch_size")
+
+
+# --- the options of each job, from a dataset's settings -------------------------------------------
+
+
+def from_stage1(dataset):
+    """Whether stage 2 (L2G and the control) starts from the stage-1 classifier."""
+    return dataset["train_l2g"].get("start", "pretrained") == "stage1"
+
+
+def start_options(dataset):
+    """Stage 1's model options, for a stage-2 run that builds fresh networks (start: pretrained)."""
+    if from_stage1(dataset):
+        return {}
+    return {key: value for key, value in dataset["train_cls"].items() if key in MODEL_KEYS}
+
+
+def l2g_options(dataset, folder):
+    """The options of the L2G run of model folder `folder` (None where the config has no such run)."""
+    run = l2g_runs(dataset).get(L2G_RUNS[folder])
+    if run is None:
+        return None
+    return {**start_options(dataset), **{key: value for key, value in run.items() if key != "start"}}
+
+
+def control_options(dataset):
+    l2g = dataset["train_l2g"]
+    return {**start_options(dataset), **{key: value for key, value in l2g.items() if key in CONTROL_KEYS}}
+
+
+def prediction_options(dataset, network):
+    """The predict_seg options of the network job (network=True) or of the labelling job."""
+    return {key: value for key, value in dataset["predict_seg"].items() if (key in NETWORK_KEYS) == network}
+
+
+def seg_options(dataset):
+    """The train_seg options; `init: stage1` is an input (the stage-1 classifier), not an option."""
+    return {key: value for key, value in dataset["train_seg"].items() if not (key == "init" and value == "stage1")}
+
+
+def threshold_from_cams(dataset):
+    """Whether refine takes its background threshold from the L2G CAMs' scores (best_threshold)."""
+    refine = dataset["refine"]
+    return refine.get("threshold") is None and not refine.get("ignore_band")
+
+
+def cam_folders(dataset):
+    """The CAM folders a dataset's run makes: an L2G run's only where the config has that run."""
+    return [folder for folder, model in CAM_MODELS.items() if model not in L2G_RUNS or l2g_options(dataset, model)]
+
+
+def summary_stages(dataset):
+    """{name: product} of the earlier stages whose numbers the final miou.json carries: the CAMs and
+    the pseudo labels (with splits.train_subset, both again on that part: NAME_train_subset)."""
+    stages = {**{folder: f"{folder}/miou" for folder in cam_folders(dataset)}, "pseudo_labels": "pseudo_labels/miou"}
+    if dataset["splits"].get(SUBSET):
+        stages.update({f"{name}_{SUBSET}": f"{product}_{SUBSET}" for name, product in list(stages.items())})
+    return stages
+
+
+# --- what each output is made from ------------------------------------------------------------
+
+
+def products(dataset):
+    """{product: (the settings of the job making it, [the products it reads])} of a dataset."""
+    data = ["data"]
+    stage1 = ["cls"] if from_stage1(dataset) else []
+    made = {"data": ({key: dataset.get(key) for key in DATA_KEYS if key != "recipe"}, []),
+            "cls": (dataset["train_cls"], data),
+            "control": (control_options(dataset), data + stage1)}
+    for folder in L2G_RUNS:
+        if (options := l2g_options(dataset, folder)) is not None:
+            made[folder] = (options, data + stage1)
+    for folder in cam_folders(dataset):
+        made[folder] = (dataset["export_cams"], data + [CAM_MODELS[folder]])
+        for part in ("", f"_{SUBSET}"):
+            made[f"{folder}/miou{part}"] = (dataset.get("evaluate_cams") or {}, data + [folder])
+    made["pseudo_labels"] = (dataset["refine"], data + ["cams"] + (["cams/miou"] if threshold_from_cams(dataset) else []))
+    cam_scores = [f"{folder}/miou" for folder in cam_folders(dataset)]
+    for part in ("", f"_{SUBSET}"):
+        made[f"pseudo_labels/miou{part}"] = ({}, data + ["pseudo_labels", "cams"] + cam_scores)
+    seg_start = ["cls"] if dataset["train_seg"].get("init") == "stage1" else []
+    made["seg"] = (seg_options(dataset), data + ["pseudo_labels"] + seg_start)
+    made["supervised"] = (seg_options(dataset), data + seg_start)
+    for model in SEG_MODELS:
+        made[f"{model}/logits"] = (prediction_options(dataset, network=True), data + [model])
+        made[f"{model}/pred"] = (prediction_options(dataset, network=False), data + [f"{model}/logits"])
+    made["supervised/miou"] = ({}, data + ["supervised/pred"])
+    made["seg/miou"] = ({}, data + ["seg/pred", *summary_stages(dataset).values()])
+    return made
+
+
+def made_with(dataset, product, _made=None):
+    """Everything `product` depends on: {settings, inputs: {product: made_with}}; equal for two
+    runs exactly when they make the same output."""
+    made = products(dataset) if _made is None else _made
+    if product not in made:
+        raise KeyError(f"no output {product!r} in this dataset's run (products: {', '.join(sorted(made))})")
+    settings, inputs = made[product]
+    return {"settings": settings, "inputs": {name: made_with(dataset, name, made) for name in inputs}}
+
+
+def product_of(path):
+    """The product a path under results/{dataset}/ belongs to: cls/model.pt -> cls, cams/miou.json
+    -> cams/miou, seg/pred/manifest.json -> seg/pred, miou.json -> seg/miou."""
+    parts = path.split("/")
+    if len(parts) == 1 and parts[0].startswith("miou"):
+        return "seg/miou"
+    if parts[0] in SEG_MODELS and len(parts) > 2 and parts[1] in ("logits", "pred"):
+        return f"{parts[0]}/{parts[1]}"
+    if len(parts) == 2 and parts[1].startswith("miou"):
+        stem = parts[1].split(".")[0]
+        return f"{parts[0]}/{stem}" if parts[0] not in SEG_MODELS else f"{parts[0]}/miou"
+    return parts[0]

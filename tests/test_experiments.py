@@ -1,0 +1,214 @@
+"""Experiments: sweeps as Snakemake targets that share every upstream output a variant leaves alone."""
+
+import json
+import re
+import shutil
+import statistics
+
+import pytest
+import yaml
+
+from conftest import REPO, run_snakemake, tiny_config
+from l2g_core.cli import main
+from l2g_core.config import validate_config
+from l2g_core.errors import L2GError
+from l2g_core.experiments import run_names, run_overrides, run_settings
+from l2g_core.pipeline import made_with, product_of
+from test_workflow import planned_jobs
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+
+def demo_with(config, **sections):
+    demo = json.loads(json.dumps(config["datasets"]["demo"]))
+    for section, keys in sections.items():
+        demo[section] = {**demo[section], **keys}
+    return demo
+
+
+@pytest.mark.parametrize("path, product", [
+    ("cls/model.pt", "cls"), ("data/manifest.json", "data"), ("cams/manifest-shard-1-of-2.json", "cams"),
+    ("cams/miou.json", "cams/miou"), ("cams/miou_train_subset.json", "cams/miou_train_subset"),
+    ("pseudo_labels/miou.json", "pseudo_labels/miou"), ("seg/model.pt", "seg"),
+    ("seg/logits/manifest-shard-2-of-2.json", "seg/logits"), ("supervised/pred/manifest.json", "supervised/pred"),
+    ("supervised/miou.json", "supervised/miou"), ("miou.json", "seg/miou"), ("miou.csv", "seg/miou"),
+])
+def test_every_path_belongs_to_the_output_that_makes_it(path, product):
+    assert product_of(path) == product
+
+
+def test_a_setting_changes_its_output_and_every_output_after_it_only(config):
+    demo = config["datasets"]["demo"]
+    kd5 = demo_with(config, train_l2g={"kd_weight": 5})
+    same = ("data", "cls", "control", "cls_cams", "cls_cams/miou", "control_cams/miou", "supervised", "supervised/miou")
+    changed = ("l2g", "l2g_no_saliency", "cams", "no_saliency_cams/miou", "pseudo_labels", "seg", "seg/pred",
+               "seg/miou")
+    assert all(made_with(kd5, p) == made_with(demo, p) for p in same)
+    assert all(made_with(kd5, p) != made_with(demo, p) for p in changed)
+    # the labelling's CRF is not the network's: the logits stay, the labels change
+    no_crf = demo_with(config, predict_seg={"crf": False})
+    assert made_with(no_crf, "seg/logits") == made_with(demo, "seg/logits")
+    assert made_with(no_crf, "seg/pred") != made_with(demo, "seg/pred")
+    # how the jobs run (threads, shards, GPUs) makes the same files
+    assert made_with({**demo, "jobs": {**demo["jobs"], "shards": 7}}, "seg/miou") == made_with(demo, "seg/miou")
+
+
+def test_runs_are_every_variant_with_every_seed_and_set_the_seeds_named():
+    experiment = {"variants": {"a": {"train_l2g": {"kd_weight": 5}}, "b": {}}, "seeds": [0, 3],
+                  "seed_sections": ["train_l2g"]}
+    assert run_names(experiment) == {"a-seed0": ("a", 0), "a-seed3": ("a", 3), "b-seed0": ("b", 0),
+                                     "b-seed3": ("b", 3)}
+    assert run_overrides(experiment, "a", 3) == {"train_l2g": {"kd_weight": 5, "seed": 3}}
+    assert run_names({"seeds": [1, 2]}) == {"seed1": (None, 1), "seed2": (None, 2)}
+    assert run_overrides({"seeds": [1]}, None, 1) == {s: {"seed": 1} for s in ("train_cls", "train_l2g", "train_seg")}
+
+
+def test_a_run_is_its_dataset_with_the_variant_on_top(config):
+    datasets = validate_config(config)
+    kd5 = run_settings(config, datasets, "demo/experiments/kd_weight/kd5")
+    assert kd5 == demo_with(config, train_l2g={"kd_weight": 5})
+    seed2 = run_settings(config, datasets, "demo/experiments/seeds/seed2")
+    assert [seed2[s]["seed"] for s in ("train_cls", "train_l2g", "train_seg")] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"variants": {"bad": {"train_l2g": {"kd_weight": "big"}}}},
+     "experiments.sweep.variants.bad.train_l2g.kd_weight: expected number, got 'big'"),
+    ({"variants": {"big": {"train_l2g": {"crop_size": 512}}}},
+     "datasets.demo/experiments/sweep/big.train_l2g.crop_size: 512 is larger than input_size 128"),
+])
+def test_a_mistake_in_a_variant_is_named_where_it_was_written(config, change, expected):
+    config["experiments"]["sweep"] = change
+    with pytest.raises(L2GError, match="^" + re.escape(expected)):
+        run_settings(config, validate_config(config), f"demo/experiments/sweep/{next(iter(change['variants']))}")
+
+
+@pytest.mark.parametrize("experiment, expected", [
+    ({"variants": {"v": {"root": "/data"}}}, "experiments.sweep.variants.v.root: a variant changes the method"),
+    ({"variants": {"seed9": {}}}, "experiments.sweep.variants.seed9: a variant name may not start with 'seed'"),
+    ({"description": "nothing to sweep"}, "experiments.sweep: "),
+    ({"seeds": [1], "score": "deeplab"}, "experiments.sweep.score: 'deeplab' is not one of final, cams"),
+])
+def test_the_config_check_refuses_a_bad_experiment_in_one_line(config, experiment, expected):
+    config["experiments"]["sweep"] = experiment
+    with pytest.raises(L2GError) as error:
+        validate_config(config)
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+
+
+def write_metrics(folder, run, cams, deeplab, supervised):
+    """A run's final miou.json (with its stages) and supervised/miou.json, as score-seg writes them."""
+    (folder / run).mkdir(parents=True)
+    final = {"miou": deeplab, "miou_no_crf": deeplab - 0.02, "crf": True,
+             "stages": {"cams": {"miou": cams, "best_threshold": 0.3},
+                        "pseudo_labels": {"miou": cams + 0.1, "miou_no_crf": cams + 0.05, "saliency_baseline": 0.5}}}
+    (folder / run / "miou.json").write_text(json.dumps(final))
+    (folder / run / "supervised.json").write_text(json.dumps({"miou": supervised, "miou_no_crf": supervised,
+                                                               "crf": False, "stages": {}}))
+    return {"final": str(folder / run / "miou.json"), "supervised": str(folder / run / "supervised.json")}
+
+
+def test_the_summary_gives_mean_and_std_per_stage_and_variant_and_every_run(tmp_path):
+    values = {("a", 0): (0.40, 0.60, 0.70), ("a", 1): (0.44, 0.66, 0.72), ("a", 2): (0.42, 0.63, 0.74),
+              ("b", 0): (0.50, 0.61, 0.70)}
+    runs = {f"{v}-seed{s}": {"variant": v, "seed": s, "metrics": write_metrics(tmp_path, f"{v}{s}", *numbers)}
+            for (v, s), numbers in values.items()}
+    out = tmp_path / "summary"
+    assert main(["summarize-experiment", "--name", "sweep", "--dataset", "demo", "--runs", json.dumps(runs),
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    cams_a = summary["stages"]["cams"]["a"]
+    assert cams_a["n"] == 3 and cams_a["values"] == [0.40, 0.44, 0.42]
+    assert cams_a["mean"] == pytest.approx(0.42) and cams_a["std"] == pytest.approx(statistics.stdev([.40, .44, .42]))
+    assert summary["stages"]["cams"]["b"] == {"n": 1, "mean": 0.50, "std": None, "values": [0.50]}
+    assert summary["stages"]["deeplab"]["a"]["mean"] == pytest.approx(0.63)
+    assert summary["stages"]["deeplab_no_crf"]["a"]["mean"] == pytest.approx(0.61)
+    assert summary["stages"]["pseudo_labels_no_crf"]["b"]["mean"] == pytest.approx(0.55)
+    assert summary["stages"]["saliency_baseline"]["a"]["values"] == [0.5, 0.5, 0.5]
+    assert summary["stages"]["supervised"]["a"]["values"] == [0.70, 0.72, 0.74]
+    assert "supervised_no_crf" not in summary["stages"]  # no CRF ran: no second figure
+    assert list(summary["stages"])[:2] == ["cams", "saliency_baseline"]  # pipeline order
+    table = (out / "summary.md").read_text()
+    assert "| L2G CAMs | 42.0 ± 2.0 (n=3) | 50.0 (n=1) |" in table
+    assert "| a-seed1 | 44.0 |" in table
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert rows[0] == "stage,variant,n,mean,std,seed0,seed1,seed2"
+    assert rows[1] == "cams,a,3,0.420000,0.020000,0.400000,0.440000,0.420000"
+    assert rows[2] == "cams,b,1,0.500000,,0.500000,,"
+    assert (out / "summary.png").stat().st_size > 10_000
+
+
+def test_summary_refuses_runs_that_are_not_json(tmp_path, capsys):
+    assert main(["summarize-experiment", "--name", "x", "--dataset", "demo", "--runs", "{seed0:", "--out",
+                 str(tmp_path)]) == 1
+    assert "--runs: not valid JSON" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_stage_two_sweep_plans_stage_one_once_and_a_seed_sweep_once_per_seed(tmp_path):
+    config = tiny_config()
+    kd = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "2", "results/demo/experiments/kd_weight/summary.md",
+                                    config=config))
+    # kd20 is the demo's own setting: its run is the dataset's; kd5 and kd10 train L2G (with and
+    # without saliency) again; stage 1, the control and the data once; no pseudo labels (score: cams)
+    assert kd["train_cls"] == 1 and kd["train_control"] == 1 and kd["prepare"] == 1
+    assert kd["train_l2g"] == 3 * 2 and kd["summarize_experiment"] == 1
+    assert not {"refine", "train_seg"} & set(kd)
+    both = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "2", "results/demo/experiments/kd_weight/summary.md",
+                                      "results/demo/experiments/seeds/summary.md", config=config))
+    assert both["train_cls"] == 3 and both["train_seg"] == 3 * 2 and both["summarize_experiment"] == 2
+
+
+@pytest.fixture
+def finished_copy(finished_demo, tmp_path):
+    """A copy of the finished tiny demo (modification times kept, so nothing is out of date)."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_demo, workdir, symlinks=True)
+    return workdir
+
+
+def test_a_crf_sweep_reuses_every_network_and_summarizes_both_variants(finished_copy):
+    config = tiny_config()
+    config["experiments"] = {"crf": config["experiments"]["crf"]}
+    result = run_snakemake(finished_copy, "--cores", "2", "results/demo/experiments/crf/summary.md", config=config)
+    ran = planned_jobs(result)
+    # the crf variant is the demo's own run; without the CRF: new pseudo labels and the DeepLab
+    # trained on them, while the supervised network's logits are relabelled without retraining
+    assert ran == {"refine": 2, "gather": 3, "score_pseudo_labels": 1, "train_seg": 1, "predict_seg": 2,
+                   "label_seg": 4, "score_seg": 1, "score_supervised": 1, "summarize_experiment": 1}
+    results = finished_copy / "results/demo"
+    summary = json.loads((results / "experiments/crf/summary.json").read_text())
+    base = json.loads((results / "miou.json").read_text())
+    run = json.loads((results / "experiments/crf/no_crf/miou.json").read_text())
+    assert summary["stages"]["deeplab"]["crf"]["values"] == [base["miou"]]
+    assert summary["stages"]["deeplab"]["no_crf"]["values"] == [run["miou"]]
+    assert run["crf"] is False and "no_crf" not in summary["stages"]["deeplab_no_crf"]
+    assert summary["runs"]["no_crf"]["metrics"]["final"] == "results/demo/experiments/crf/no_crf/miou.json"
+    assert summary["runs"]["crf"]["metrics"]["final"] == "results/demo/miou.json"
+    # the run read the networks it shares from the demo's folders, and made none of its own
+    assert not (results / "experiments/crf/no_crf/cls").exists()
+    assert not (results / "experiments/crf/no_crf/supervised/model.pt").exists()
+    assert (results / "experiments/crf/summary.md").read_text().startswith("# Experiment crf on demo")
+
+
+def test_docs_tables_puts_each_summary_in_its_block_and_changes_nothing_when_one_is_missing(tmp_path, capsys):
+    import docs_tables
+
+    summary = tmp_path / "results/demo/experiments/seeds/summary.md"
+    summary.parent.mkdir(parents=True)
+    summary.write_text("# Experiment seeds on demo\n\n| stage | recipe |\n|---|---|\n| DeepLab | 69.1 ± 1.2 (n=3) |\n")
+    doc = tmp_path / "doc.md"
+    marker = "<!-- experiment: results/demo/experiments/seeds/summary.md -->\n"
+    doc.write_text(f"Intro.\n\n{marker}old table\n<!-- end experiment -->\n\nAfter.\n")
+    assert docs_tables.main([str(doc), "--results-root", str(tmp_path)]) == 0
+    assert doc.read_text() == (f"Intro.\n\n{marker}| stage | recipe |\n|---|---|\n| DeepLab | 69.1 ± 1.2 (n=3) |\n"
+                               "<!-- end experiment -->\n\nAfter.\n")
+    # a second block whose summary is missing: one line naming it, and the file stays as it was
+    before = doc.read_text() + "<!-- experiment: results/demo/experiments/crf/summary.md -->\n<!-- end experiment -->\n"
+    doc.write_text(before)
+    assert docs_tables.main([str(doc), "--results-root", str(tmp_path)]) == 1
+    assert "experiments/crf/summary.md: summary not found" in capsys.readouterr().err
+    assert doc.read_text() == before
