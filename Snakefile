@@ -23,7 +23,7 @@ include: "workflow/rules/experiments.smk"
 
 
 onsuccess:
-    write_resolved_configs(config)
+    record_outputs(current_outputs(workflow.dag), settings, owner)
 
 
 rule all:

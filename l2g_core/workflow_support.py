@@ -33,21 +33,48 @@ def cli_flags(options):
     return " ".join(flags)
 
 
-def write_resolved_configs(config, results="results"):
-    """results/{dataset}/config.yaml after a successful run: the dataset's settings as this run
-    resolved them (config file, --configfile, --config) and the package versions. Changed settings
-    rerun their stages, so after a successful run this file describes every output beside it."""
+def current_outputs(dag, results="results"):
+    """{dataset: {product}} of the outputs a finished Snakemake run leaves current: those of every
+    job of its DAG that ran or had no reason to run (a job left out by --until is neither)."""
+    from l2g_core.pipeline import product_of
+
+    current = {}
+    for job in dag.jobs:
+        dataset = job.wildcards_dict.get("dataset")
+        if dataset is None or not dag.noneedrun_finished(job):
+            continue
+        prefix = f"{results}/{dataset}/"
+        for path in map(str, job.output):
+            if path.startswith(prefix):
+                current.setdefault(dataset, set()).add(product_of(path[len(prefix):]))
+    return current
+
+
+def record_outputs(current, settings, owner, results="results"):
+    """results/{dataset}/config.yaml: what each output of the folder was made with, as the runs that
+    made it resolved it: {product: {settings, inputs: {product: the dataset folder it was read from}}}, and
+    the package versions. Outputs this run left current are (re)written; the others keep their
+    record, so after `--until train_l2g` the file says nothing new of pseudo_labels/.
+
+    current: {dataset: {product}} (current_outputs); settings(dataset): its settings;
+    owner(dataset, product): the dataset whose folder holds the product for it."""
     from importlib.metadata import version
     from pathlib import Path
 
     import yaml
 
     from l2g_core.io_utils import write_text
+    from l2g_core.pipeline import products
     from l2g_core.versions import software_versions
 
     versions = {**software_versions(), **{name: version(name) for name in ("snakemake", "pydensecrf2")}}
-    for name, section in config["datasets"].items():
-        folder = Path(results) / name
-        if folder.is_dir():
-            write_text(folder / "config.yaml", yaml.safe_dump(
-                {"dataset": name, "settings": section, "versions": versions}, sort_keys=False))
+    for dataset, names in current.items():
+        path = Path(results) / dataset / "config.yaml"
+        made = products(settings(dataset))
+        outputs = (yaml.safe_load(path.read_text()) or {}).get("outputs", {}) if path.is_file() else {}
+        for name in sorted(names & set(made)):
+            own, inputs = made[name]
+            outputs[name] = {"settings": own,
+                             "inputs": {i: f"{results}/{owner(dataset, i)}" for i in inputs}}
+        write_text(path, yaml.safe_dump({"dataset": dataset, "outputs": outputs, "versions": versions},
+                                        sort_keys=False))

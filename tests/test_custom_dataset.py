@@ -82,7 +82,7 @@ def test_a_three_class_dataset_runs_to_miou_json_with_its_class_names(tmp_path):
         assert list(json.loads((results / metrics).read_text())["per_class_iou"]) == names, metrics
     rows = list(csv.reader((results / "miou.csv").read_text().splitlines()))
     assert [row[0] for row in rows[1:-1]] == names
-    assert yaml.safe_load((results / "config.yaml").read_text())["settings"]["train_cls"]["backbone"] == "small"
+    assert yaml.safe_load((results / "config.yaml").read_text())["outputs"]["cls"]["settings"]["backbone"] == "small"
 
 
 def test_prepare_reads_the_class_names_from_classes_txt_and_refuses_a_value_beyond_them(tmp_path, capsys):

@@ -170,6 +170,17 @@ def finished_copy(finished_demo, tmp_path):
     return workdir
 
 
+def test_the_record_beside_the_outputs_keeps_what_an_until_run_did_not_rebuild(finished_copy):
+    config = tiny_config()
+    config["datasets"]["demo"]["refine"]["ignore_band"] = [0.2, 0.4]
+    run_snakemake(finished_copy, "--cores", "2", "--until", "train_l2g", "--", "results/demo/miou.json", config=config)
+    record = yaml.safe_load((finished_copy / "results/demo/config.yaml").read_text())
+    assert record["outputs"]["pseudo_labels"]["settings"]["ignore_band"] == [0.3, 0.3]  # as it was made
+    l2g = config["datasets"]["demo"]["train_l2g"]
+    assert record["outputs"]["l2g"]["settings"] == {k: v for k, v in l2g.items() if k != "start"}
+    assert record["outputs"]["l2g"]["inputs"] == {"data": "results/demo", "cls": "results/demo"}  # start: stage1
+
+
 def test_a_crf_sweep_reuses_every_network_and_summarizes_both_variants(finished_copy):
     config = tiny_config()
     config["experiments"] = {"crf": config["experiments"]["crf"]}
@@ -192,6 +203,12 @@ def test_a_crf_sweep_reuses_every_network_and_summarizes_both_variants(finished_
     assert not (results / "experiments/crf/no_crf/cls").exists()
     assert not (results / "experiments/crf/no_crf/supervised/model.pt").exists()
     assert (results / "experiments/crf/summary.md").read_text().startswith("# Experiment crf on demo")
+    # each output's record names the folder every input came from
+    record = yaml.safe_load((results / "experiments/crf/no_crf/config.yaml").read_text())
+    assert record["outputs"]["pseudo_labels"]["settings"]["crf"] is False
+    assert record["outputs"]["pseudo_labels"]["inputs"] == {"data": "results/demo", "cams": "results/demo"}
+    assert record["outputs"]["seg"]["inputs"]["pseudo_labels"] == "results/demo/experiments/crf/no_crf"
+    assert "cls" not in record["outputs"]
 
 
 def test_docs_tables_puts_each_summary_in_its_block_and_changes_nothing_when_one_is_missing(tmp_path, capsys):

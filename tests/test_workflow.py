@@ -97,10 +97,15 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
                 "refine-2-of-2"):
         assert (results / "logs" / f"{log}.log").is_file()
     assert "runs on the CPU" in (results / "logs/train_seg.log").read_text()
-    # the settings this run resolved, and the software versions, beside the results
-    resolved = yaml.safe_load((results / "config.yaml").read_text())
-    assert resolved["settings"] == tiny_config()["datasets"]["demo"]
-    assert resolved["versions"]["torch"].startswith("2.13") and "snakemake" in resolved["versions"]
+    # what each output was made with, and the software versions, beside the results
+    record = yaml.safe_load((results / "config.yaml").read_text())
+    demo = tiny_config()["datasets"]["demo"]
+    assert record["outputs"]["cls"]["settings"] == demo["train_cls"]
+    assert record["outputs"]["pseudo_labels"]["settings"] == demo["refine"]
+    assert record["outputs"]["seg/logits"]["settings"] == {k: demo["predict_seg"][k] for k in ("scales", "flip",
+                                                                                              "batch_size")}
+    assert record["outputs"]["l2g"]["inputs"] == {"data": "results/demo", "cls": "results/demo"}
+    assert record["versions"]["torch"].startswith("2.13") and "snakemake" in record["versions"]
 
 
 def test_forcing_one_stage_reruns_it_and_everything_after_it_only(finished):

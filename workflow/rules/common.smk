@@ -12,7 +12,7 @@ from l2g_core.experiments import MARK, all_runs, run_settings, split_run
 from l2g_core.pipeline import (CAM_MODELS, L2G_RUNS, SEG_MODELS, SHARDED, SUBSET, cam_folders, control_options,
                                from_stage1, l2g_options, made_with, prediction_options, product_of, seg_options,
                                summary_stages, threshold_from_cams, TRAINED_MODELS)
-from l2g_core.workflow_support import cli_flags, job_environment, write_resolved_configs
+from l2g_core.workflow_support import cli_flags, current_outputs, job_environment, record_outputs
 
 job_environment(workflow.basedir)
 CONDA_ENV = "../../envs/l2g.yaml"  # for rules in workflow/rules/
