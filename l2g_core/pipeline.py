@@ -32,6 +32,12 @@ TRAINED_MODELS = {
     "seg": "DeepLab on pseudo labels (seg)",
     "supervised": "DeepLab on ground truth (supervised)",
 }
+# {product: label} of the scored outputs, in pipeline order (the report's bars, the summaries' rows).
+SCORED = {"cls_cams/miou": "plain CAMs, stage 1", "control_cams/miou": "control CAMs", "cams/miou": "L2G CAMs",
+          "no_saliency_cams/miou": "L2G CAMs without saliency", "pseudo_labels/miou": "pseudo labels",
+          "seg/miou": "DeepLab on pseudo labels", "supervised/miou": "supervised DeepLab reference"}
+# Outputs a run makes only where the config asks for them (train_l2g_no_saliency).
+OPTIONAL = ("l2g_no_saliency", "no_saliency_cams", "no_saliency_cams/miou")
 # Per-image folders made in shards, and the split each covers.
 SHARDED = {**dict.fromkeys(CAM_MODELS, "train"), "pseudo_labels": "train", **{f"{m}/pred": "val" for m in SEG_MODELS}}
 # The part of the training split scored beside it (VOC's 1,464-image train list within train_aug).
@@ -122,7 +128,8 @@ def products(dataset):
         made[folder] = (dataset["export_cams"], data + [CAM_MODELS[folder]])
         for part in ("", f"_{SUBSET}"):
             made[f"{folder}/miou{part}"] = (dataset.get("evaluate_cams") or {}, data + [folder])
-    made["pseudo_labels"] = (dataset["refine"], data + ["cams"] + (["cams/miou"] if threshold_from_cams(dataset) else []))
+    threshold = ["cams/miou"] if threshold_from_cams(dataset) else []
+    made["pseudo_labels"] = (dataset["refine"], data + ["cams"] + threshold)
     cam_scores = [f"{folder}/miou" for folder in cam_folders(dataset)]
     for part in ("", f"_{SUBSET}"):
         made[f"pseudo_labels/miou{part}"] = ({}, data + ["pseudo_labels", "cams"] + cam_scores)
@@ -145,6 +152,11 @@ def made_with(dataset, product, _made=None):
         raise KeyError(f"no output {product!r} in this dataset's run (products: {', '.join(sorted(made))})")
     settings, inputs = made[product]
     return {"settings": settings, "inputs": {name: made_with(dataset, name, made) for name in inputs}}
+
+
+def metrics_path(product):
+    """The file of a scored product under results/{dataset}/: cams/miou -> cams/miou.json, seg/miou -> miou.json."""
+    return "miou.json" if product == "seg/miou" else f"{product}.json"
 
 
 def product_of(path):

@@ -26,30 +26,18 @@ from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import read_json
-from l2g_core.pipeline import TRAINED_MODELS
+from l2g_core.pipeline import CAM_MODELS, L2G_RUNS, OPTIONAL, SCORED, SEG_MODELS, TRAINED_MODELS, metrics_path
 
 FIGURES = ("iou_per_class.png", "samples.png", "loss_curves.png", "run_times.png")
-# (legend label, metrics file under RESULTS, bar colour), in pipeline order.
-SCORED_STAGES = (
-    ("plain CAMs, stage 1", "cls_cams/miou.json", "#9ecae1"),
-    ("control CAMs", "control_cams/miou.json", "#6baed6"),
-    ("L2G CAMs", "cams/miou.json", "#2171b5"),
-    ("L2G CAMs without saliency", "no_saliency_cams/miou.json", "#08306b"),
-    ("pseudo labels", "pseudo_labels/miou.json", "#41ab5d"),
-    ("DeepLab on pseudo labels", "miou.json", "#f16913"),
-    ("supervised DeepLab reference", "supervised/miou.json", "#737373"),
-)
-# Stages a run makes only where the config asks for them (train_l2g_no_saliency).
-OPTIONAL_STAGES = ("no_saliency_cams/miou.json",)
+# Bar colours of the scored stages (pipeline.SCORED), in order: CAMs in blues, the pseudo labels
+# green, DeepLab orange, the supervised reference grey.
+STAGE_COLOURS = ("#9ecae1", "#6baed6", "#2171b5", "#08306b", "#41ab5d", "#f16913", "#737373")
 # Benchmark names in pipeline order (prefixes); other names follow, alphabetically.
-STAGE_ORDER = ("make_synthetic", "prepare", "train_cls", "train_l2g", "train_control",
-               "export_cls_cams", "export_control_cams", "export_cams", "export_no_saliency_cams",
-               "gather_cls_cams", "gather_control_cams", "gather_cams", "gather_no_saliency_cams",
-               "evaluate_cls_cams", "evaluate_control_cams", "evaluate_cams", "evaluate_no_saliency_cams",
+STAGE_ORDER = ("make_synthetic", "prepare", "train_cls", *(f"train_{m}" for m in L2G_RUNS), "train_control",
+               *(f"{step}_{c}" for step in ("export", "gather", "evaluate") for c in CAM_MODELS),
                "refine", "gather_pseudo_labels", "score_pseudo_labels",
-               "train_seg", "train_supervised", "predict_seg", "predict_supervised", "label_seg", "label_supervised",
-               "gather_",
-               "score_seg", "score_supervised")
+               *(f"{step}_{m}" for step in ("train", "predict", "label") for m in SEG_MODELS),
+               "gather_", "score_seg", "score_supervised")
 SHARD_SUFFIX = re.compile(r"-(\d+)-of-(\d+)$")
 COLUMNS = ("image", "ground truth", "L2G CAM", "pseudo label", "DeepLab\n(pseudo labels)", "DeepLab\n(ground truth)")
 
@@ -71,10 +59,11 @@ def read_result(path):
 
 
 def stage_scores(results):
-    """[{label, note, per_class_iou, miou}, ...] of SCORED_STAGES; the note names the split scored."""
+    """[{label, note, per_class_iou, miou}, ...] of the scored stages; the note names the split scored."""
     stages = []
-    for label, name, colour in SCORED_STAGES:
-        if name in OPTIONAL_STAGES and not (Path(results) / name).is_file():
+    for (product, label), colour in zip(SCORED.items(), STAGE_COLOURS):
+        name = metrics_path(product)
+        if product in OPTIONAL and not (Path(results) / name).is_file():
             continue
         metrics = read_result(Path(results) / name)
         split = metrics.get("split", "?") + (f", {metrics['num_images']} images" if "num_images" in metrics else "")

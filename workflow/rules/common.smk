@@ -9,9 +9,9 @@ from pathlib import Path
 from l2g_core.config import require_root, validate_config
 from l2g_core.errors import L2GError
 from l2g_core.experiments import MARK, all_runs, run_settings, split_run
-from l2g_core.pipeline import (CAM_MODELS, L2G_RUNS, SEG_MODELS, SHARDED, SUBSET, cam_folders, control_options,
-                               from_stage1, l2g_options, made_with, prediction_options, product_of, seg_options,
-                               summary_stages, threshold_from_cams, TRAINED_MODELS)
+from l2g_core.pipeline import (CAM_MODELS, L2G_RUNS, SEG_MODELS, SHARDED, SUBSET, TRAINED_MODELS, cam_folders,
+                               control_options, from_stage1, l2g_options, made_with, prediction_options, product_of,
+                               seg_options, summary_stages, threshold_from_cams)
 from l2g_core.workflow_support import cli_flags, current_outputs, job_environment, record_outputs
 
 job_environment(workflow.basedir)
@@ -26,7 +26,7 @@ def fail(message):
 
 WRITTEN_CONFIG = copy.deepcopy(config)  # as the user wrote it: mistakes in a run are named there
 try:
-    # every dataset's settings with its recipe resolved; results/{dataset}/config.yaml records these
+    # every dataset's settings with its recipe resolved (experiment runs build on these)
     config["datasets"] = validate_config(config)
 except L2GError as error:
     fail(error)
