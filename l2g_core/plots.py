@@ -262,30 +262,36 @@ def run_times(path, times, title="Run time of each stage"):
 
 
 def experiment_summary(path, stages, variants, title="Experiment"):
-    """mIoU (in percent) per stage: one bar per variant at its mean, the standard deviation as an
-    error bar and each run's value as a dot.
+    """mIoU (in percent) per stage: for each variant its mean (a diamond) with the standard deviation
+    as an error bar, and each run's value as a dot beside it. The axis spans the values, not 0-100:
+    the differences between variants are what the figure is for.
 
     stages    {stage label: {variant: {"mean", "std" (None for one run), "values"}}} in drawing order
     variants  the variant names, in legend order
     """
-    width = max(8.0, min(40.0, 2.0 + len(stages) * (len(variants) * 0.45 + 0.4)))
+    width = max(8.0, min(40.0, 2.0 + len(stages) * (len(variants) * 0.45 + 0.6)))
+    colours = plt.get_cmap("tab10").colors
+    step = 0.7 / max(len(variants), 1)
     with plt.rc_context(STYLE):
         fig = _figure(width, 6.0)
         ax = fig.add_subplot()
-        bar = 0.8 / len(variants)
         for k, variant in enumerate(variants):
-            xs = [i + (k - (len(variants) - 1) / 2) * bar for i in range(len(stages))]
-            stats = [stage.get(variant) for stage in stages.values()]
-            colour = COLOURS[k % len(COLOURS)]
-            means = [100 * s["mean"] if s else np.nan for s in stats]
-            errors = [100 * s["std"] if s and s["std"] is not None else 0.0 for s in stats]
-            ax.bar(xs, means, bar, yerr=errors, capsize=3, color=colour, label=variant)
-            for x, stat in zip(xs, stats):
-                if stat:
-                    ax.scatter([x] * len(stat["values"]), [100 * v for v in stat["values"]], s=14,
-                               color="black", zorder=3)
+            offset = (k - (len(variants) - 1) / 2) * step
+            colour = colours[k % len(colours)]
+            label = variant  # on the variant's first point only: one legend entry each
+            for i, stat in enumerate(stage.get(variant) for stage in stages.values()):
+                if not stat:
+                    continue
+                error = 100 * stat["std"] if stat["std"] is not None else None
+                ax.errorbar(i + offset, 100 * stat["mean"], yerr=error, fmt="D", color=colour, markersize=7,
+                            capsize=4, label=label)
+                label = None
+                ax.scatter([i + offset + step * 0.25] * len(stat["values"]), [100 * v for v in stat["values"]],
+                           s=16, color=colour, alpha=0.6, zorder=3)
         ax.set_xticks(range(len(stages)), list(stages), rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(stages) - 0.4)
         ax.set_ylabel("mIoU (%)")
+        ax.grid(axis="y", alpha=0.3)
         ax.set_title(title)
-        ax.legend(loc="upper left", fontsize=11)
+        ax.legend(loc="best", fontsize=11)
         _save(fig, path)
