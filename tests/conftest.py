@@ -59,25 +59,28 @@ def prepare_tiny_dataset(root, train, val=2, size=64):
     return manifest
 
 
-def shared_fixture_group(item):
-    """The xdist group of a test that uses one of our module- or session-scoped fixtures (a
-    Snakemake run, a cluster): the session fixture's name, else the module; None for the others."""
-    definitions = [defs[-1] for name in getattr(item, "fixturenames", ())
-                   if (defs := item._fixtureinfo.name2fixturedefs.get(name)) and defs[-1].baseid]
-    session = [d.argname for d in definitions if d.scope == "session"]
-    if session:
-        return session[0]
-    if any(d.scope == "module" for d in definitions):
-        return item.nodeid.split("::")[0]
-    return None
+# The modules whose tests share the finished demo chain (finished_demo): one xdist worker runs them
+# all, so the chain runs once. Every other module is one unit of work, so a module-scoped fixture
+# (a Snakemake run, a cluster) is built once too.
+DEMO_CHAIN_MODULES = ("test_workflow.py", "test_report.py", "test_experiments.py")
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::")[0]
+            return "demo chain" if Path(module).name in DEMO_CHAIN_MODULES else module
+
+    return SharedFixtureScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items):
-    """Tests sharing an expensive fixture run on one xdist worker, so it is built once."""
+    """A test on the finished demo chain outside DEMO_CHAIN_MODULES would build the chain again."""
     for item in items:
-        if (group := shared_fixture_group(item)) is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+        if "finished_demo" in getattr(item, "fixturenames", ()) and item.path.name not in DEMO_CHAIN_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} uses finished_demo: add its module to DEMO_CHAIN_MODULES")
 
 
 FINAL_TARGETS = ("results/demo/miou.json", "results/demo/supervised/miou.json")
