@@ -275,9 +275,8 @@ def seg_flags(wildcards):
     return cli_flags(seg_options(settings(wildcards.dataset)))
 
 
-def score_seg_command():
-    return ("l2g score-seg --manifest {input.manifest} --split val --pred {params.pred}"
-            " {params.stages} --out {output.metrics} --workers {threads} > {log} 2>&1")
+SCORE_SEG_COMMAND = ("l2g score-seg --manifest {input.manifest} --split val --pred {params.pred}"
+                     " {params.stages} --out {output.metrics} --workers {threads} > {log} 2>&1")
 
 
 # --- experiments ---------------------------------------------------------------------------------

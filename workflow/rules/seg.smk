@@ -102,7 +102,7 @@ rule score_seg:
     resources:
         **job_resources("score_seg"),
     shell:
-        score_seg_command()
+        SCORE_SEG_COMMAND
 
 
 rule score_supervised:
@@ -125,4 +125,4 @@ rule score_supervised:
     resources:
         **job_resources("score_seg"),
     shell:
-        score_seg_command()
+        SCORE_SEG_COMMAND
