@@ -77,10 +77,14 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(items):
-    """A test on the finished demo chain outside DEMO_CHAIN_MODULES would build the chain again."""
+    """Tests on the finished demo chain are slow and must be in DEMO_CHAIN_MODULES (else the chain is
+    built again); slow tests come first, so that no worker is left with a long one at the end."""
     for item in items:
-        if "finished_demo" in getattr(item, "fixturenames", ()) and item.path.name not in DEMO_CHAIN_MODULES:
-            raise pytest.UsageError(f"{item.nodeid} uses finished_demo: add its module to DEMO_CHAIN_MODULES")
+        if "finished_demo" in getattr(item, "fixturenames", ()):
+            if item.path.name not in DEMO_CHAIN_MODULES:
+                raise pytest.UsageError(f"{item.nodeid} uses finished_demo: add its module to DEMO_CHAIN_MODULES")
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 FINAL_TARGETS = ("results/demo/miou.json", "results/demo/supervised/miou.json")

@@ -5,6 +5,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image, ImageFilter
 
@@ -67,6 +68,7 @@ datasets:
 """
 
 
+@pytest.mark.slow
 def test_a_three_class_dataset_runs_to_miou_json_with_its_class_names(tmp_path):
     root = write_shapes(tmp_path / "shapes", train=12, val=4)
     config = tiny_config()  # the demo recipe shrunk to seconds

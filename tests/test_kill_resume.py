@@ -293,6 +293,7 @@ def start_snakemake(work, config):
                             text=True, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_snakemake_killed_during_the_shards_redoes_only_the_unfinished_ones(tmp_path):
     """The tiny demo up to the stage-1 CAM scores (synthetic data, prepare, stage 1, CAM export in
     3 shards, gather, evaluate: the whole chain takes minutes per run on 2 cores), killed with
@@ -336,6 +337,7 @@ def test_snakemake_killed_during_the_shards_redoes_only_the_unfinished_ones(tmp_
     assert merged[0]["ids"] == merged[1]["ids"] and merged[0]["files"] == merged[1]["files"]
 
 
+@pytest.mark.slow
 def test_snakemake_on_sigterm_lets_running_jobs_finish_starts_none_and_unlocks(tmp_path):
     """What a scheduler sends at its time limit: SIGTERM to Snakemake alone, while the first two of
     three CAM shards run (2 cores). The README's claim: it starts nothing new, lets the running jobs

@@ -29,6 +29,8 @@ from l2g_core.models.deeplab import build_deeplab
 from conftest import deeplab_pytorch_names, run_snakemake, tiny_config
 from mxnet_files import mxnet_resnet38_name, write_params
 
+pytestmark = pytest.mark.slow  # the real networks through every rule: minutes
+
 PERSON, CAT, MOTORBIKE = 15, 8, 14  # VOC class indices
 SHORT_SIDE = 96  # the photographs are scaled down to keep ResNet-38 to minutes on a CPU
 

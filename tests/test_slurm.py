@@ -19,6 +19,8 @@ import yaml
 
 from conftest import BIN, REPO, tiny_config
 
+pytestmark = pytest.mark.slow  # a SLURM cluster and the demo chain through it
+
 SLURM_SCRIPTS = REPO / "tests" / "slurm"
 SLURM_DIR = Path(os.environ.get("L2G_SLURM_DIR", "/tmp/l2g-slurm"))
 PROFILE = REPO / "profiles" / "slurm"
