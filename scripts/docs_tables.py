@@ -9,7 +9,7 @@ A table in a Markdown file sits between two marker lines naming the experiment's
 Make the summaries (`snakemake results/demo/experiments/seeds/summary.md --cores 2`, one target per
 marker), then run `python scripts/docs_tables.py` from the repository root: every marked block of
 docs/*.md and README.md is replaced by its summary's tables (the summary's title line dropped).
-A summary that is missing is named in one line and no file is changed.
+A block whose summary is not made yet is left as it is, and named.
 
 Usage: python scripts/docs_tables.py [FILE.md ...] [--results-root DIR]
 """
@@ -30,12 +30,14 @@ def summary_table(path):
     return "\n".join(lines).strip() + "\n"
 
 
-def regenerate(text, root):
-    """`text` with every marked block replaced by its summary; raises FileNotFoundError naming one."""
+def regenerate(text, root, missing):
+    """`text` with every marked block replaced by its summary; the summaries not made yet are
+    added to the set `missing` and their blocks left as they are."""
     def replace(match):
         path = root / match["summary"]
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: summary not found (make it: snakemake {match['summary']} --cores 2)")
+            missing.add(match["summary"])
+            return match.group(0)
         return match.group(1) + summary_table(path) + match.group(4)
 
     return BLOCK.sub(replace, text)
@@ -47,11 +49,11 @@ def main(argv=None):
     parser.add_argument("--results-root", type=Path, default=Path("."), help="folder holding results/ (default .)")
     args = parser.parse_args(argv)
     files = args.files or [*sorted(Path("docs").glob("*.md")), Path("README.md")]
-    try:
-        new = {path: regenerate(path.read_text(), args.results_root) for path in files}
-    except FileNotFoundError as error:
-        print(f"docs_tables: {error}; no file changed", file=sys.stderr)
-        return 1
+    missing = set()
+    new = {path: regenerate(path.read_text(), args.results_root, missing) for path in files}
+    for summary in sorted(missing):
+        print(f"docs_tables: {summary} not made yet (snakemake {summary} --cores 2): its blocks are left as they are",
+              file=sys.stderr)
     for path, text in new.items():
         if text != path.read_text():
             path.write_text(text)
