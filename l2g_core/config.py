@@ -119,15 +119,20 @@ def written_at(config, path):
     return ["datasets", chain[-1], *path[2:]]
 
 
+def check_schema(instance, schema, written):
+    """Raise L2GError with one line for jsonschema's best error, naming the key where the user wrote
+    it (`written(path)`)."""
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(instance))
+    if error is not None:
+        raise L2GError(_describe(error, written(list(error.absolute_path))))
+
+
 def validate_config(config, schema_path=SCHEMA_PATH):
     """Check `config`, its recipes resolved, against the schema and the file system; raise
     L2GError with one line naming the key where the user wrote it. Returns the resolved datasets."""
     schema = load_yaml(schema_path, "schema")
-    validator = jsonschema.Draft202012Validator(schema)
     resolved = dict(config, datasets=resolve_recipes(config)) if isinstance(config, dict) else config
-    error = jsonschema.exceptions.best_match(validator.iter_errors(resolved))
-    if error is not None:
-        raise L2GError(_describe(error, written_at(config, list(error.absolute_path))))
+    check_schema(resolved, schema, lambda path: written_at(config, path))
     # a recipe before the datasets built on it: a mistake they inherit is named where it was written
     for name in sorted(resolved["datasets"], key=lambda n: len(recipe_chain(config["datasets"], n))):
         check_dataset(name, resolved["datasets"][name])
@@ -141,10 +146,7 @@ def check_settings(name, settings, written, schema_path=SCHEMA_PATH):
     """Check one dataset's settings (an experiment's run) against the schema's dataset and the file
     system; `written(path)` names where the user wrote the key at `path`. Returns the settings."""
     schema = load_yaml(schema_path, "schema")
-    validator = jsonschema.Draft202012Validator({"$ref": "#/$defs/dataset", "$defs": schema["$defs"]})
-    error = jsonschema.exceptions.best_match(validator.iter_errors(settings))
-    if error is not None:
-        raise L2GError(_describe(error, written(list(error.absolute_path))))
+    check_schema(settings, {"$ref": "#/$defs/dataset", "$defs": schema["$defs"]}, written)
     check_dataset(name, settings)
     return settings
 

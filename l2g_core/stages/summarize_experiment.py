@@ -66,10 +66,8 @@ def stage_scores(name, stage):
     scores = {name: stage["miou"]}
     if stage.get("miou_no_crf") is not None and stage["miou_no_crf"] != stage["miou"]:
         scores[f"{name}_no_crf"] = stage["miou_no_crf"]
-    baseline = stage.get("saliency_baseline")
-    if baseline is not None:
-        scores[name.replace("pseudo_labels", "saliency_baseline")] = baseline["miou"] if isinstance(baseline, dict) \
-            else baseline
+    if stage.get("saliency_baseline") is not None:  # a number in the stages a miou.json carries
+        scores[name.replace("pseudo_labels", "saliency_baseline")] = stage["saliency_baseline"]
     return scores
 
 
