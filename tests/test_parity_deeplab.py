@@ -18,10 +18,12 @@ from PIL import Image
 
 from l2g_core.config import resolve_recipes
 from l2g_core.data.augment import normalise
+from l2g_core.errors import L2GError
 from l2g_core.models.deeplab import build_deeplab, segmentation_loss
 from l2g_core.training import build_optimizer, lr_factor
 
-from conftest import REPO, deeplab_pytorch_names, stage_settings
+import official_deeplab
+from conftest import REPO, stage_settings
 
 CONFIG = resolve_recipes(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))  # coco: recipe voc + its own
 MEAN_BGR = (104.008, 116.669, 122.675)  # voc12_resnet_dplv2.yaml lines 20-24, as main.py line 121 orders it
@@ -29,72 +31,122 @@ MEAN_BGR = (104.008, 116.669, 122.675)  # voc12_resnet_dplv2.yaml lines 20-24, a
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """A deeplab-pytorch DeepLabV2_ResNet101_MSC state dict (random weights, BatchNorm statistics
-    that are not the identity) saved as deeplabv1_resnet101-coco.pth, and our model built on it."""
+    """deeplab-pytorch's COCO init as its convert.py writes it (the state_dict() of DeepLabV1 with an
+    fc of 91 classes, re-created in tests/official_deeplab.py; BatchNorm statistics that are not the
+    identity) saved as deeplabv1_resnet101-coco.pth; our model built on it as the voc recipe builds
+    it; deeplab-pytorch's DeepLabV2_ResNet101_MSC initialised from it as main.py lines 158-163 do,
+    its fresh ASPP given our fresh ASPP's draw (the file has none)."""
     torch.manual_seed(0)
-    source = build_deeplab("resnet101", 21).state_dict()
-    for key, value in source.items():
-        if key.endswith("running_var"):
-            value.uniform_(0.5, 1.5)
-        elif key.endswith(("running_mean", "bn1.bias", "bn2.bias", "bn3.bias")):
-            value.uniform_(-0.1, 0.1)
-        elif key.startswith("aspp.") and key.endswith("bias"):
-            value.uniform_(-0.1, 0.1)
-    official = deeplab_pytorch_names(source)
     path = tmp_path_factory.mktemp("dlp") / "deeplabv1_resnet101-coco.pth"
-    torch.save(official, path)
+    torch.save(official_deeplab.with_statistics(official_deeplab.DeepLabV1(n_classes=91)).state_dict(), path)
     section = CONFIG["voc"]["train_seg"]
     model = build_deeplab("resnet101", 21, rates=section["aspp_rates"], msc_scales=section["msc_scales"],
                           init=str(path), freeze_bn=section["freeze_bn"])
-    return official, model
+    official = official_deeplab.deeplabv2_resnet101_msc(21)
+    skipped = official_deeplab.load_init(official, torch.load(path))
+    assert sorted(skipped.unexpected_keys) == ["fc.bias", "fc.weight"]
+    assert sorted(skipped.missing_keys) == sorted(f"aspp.c{i}.{p}" for i in range(4) for p in ("bias", "weight"))
+    official.base.aspp.load_state_dict({k.removeprefix("aspp."): v for k, v in model.base.aspp.state_dict().items()})
+    return path, official, model
 
 
-def official_deeplab_v2(w, x, rates=(6, 12, 18, 24)):
-    """DeepLabV2 (libs/models/deeplabv2.py lines 38-52) of _Stem / _ResLayer / _Bottleneck
-    (libs/models/resnet.py lines 26-110) in evaluation mode on weights `w` under deeplab-pytorch's
-    names (base. prefix): the stride of a stage's first block on its 1x1 reduce conv, every block
-    of layer4/layer5 at dilation 2/4, the stem's max pooling with ceil_mode, the ASPP summed."""
-    def conv_bn(name, t, stride=1, padding=0, dilation=1, relu=True):
-        t = F.conv2d(t, w[f"{name}.conv.weight"], stride=stride, padding=padding, dilation=dilation)
-        t = F.batch_norm(t, w[f"{name}.bn.running_mean"], w[f"{name}.bn.running_var"], w[f"{name}.bn.weight"],
-                         w[f"{name}.bn.bias"], training=False, eps=1e-5)
-        return F.relu(t) if relu else t
-
-    x = F.max_pool2d(conv_bn("base.layer1.conv1", x, stride=2, padding=3), 3, 2, 1, ceil_mode=True)
-    for layer, blocks, stride, dilation in ((2, 3, 1, 1), (3, 4, 2, 1), (4, 23, 1, 2), (5, 3, 1, 4)):
-        for block in range(1, blocks + 1):
-            name = f"base.layer{layer}.block{block}"
-            first = stride if block == 1 else 1
-            h = conv_bn(f"{name}.reduce", x, stride=first)
-            h = conv_bn(f"{name}.conv3x3", h, padding=dilation, dilation=dilation)
-            h = conv_bn(f"{name}.increase", h, relu=False)
-            x = F.relu(h + (conv_bn(f"{name}.shortcut", x, stride=first, relu=False) if block == 1 else x))
-    return sum(F.conv2d(x, w[f"base.aspp.c{i}.weight"], w[f"base.aspp.c{i}.bias"], padding=r, dilation=r)
-               for i, r in enumerate(rates))
-
-
-def official_msc(w, x, scales=(0.5, 0.75)):
-    """MSC.forward in evaluation (libs/models/msc.py lines 26-47): the maximum over the input and
-    its 0.5x, 0.75x versions of the logits, resized to the full-scale logits."""
-    logits = official_deeplab_v2(w, x)
-    size = logits.shape[-2:]
-    pyramid = [F.interpolate(official_deeplab_v2(w, F.interpolate(x, scale_factor=s, mode="bilinear",
-                                                                  align_corners=False)),
-                             size=size, mode="bilinear", align_corners=False) for s in scales]
-    return torch.max(torch.stack([logits, *pyramid]), dim=0)[0]
-
-
-def test_deeplab_v2_msc_on_converted_weights_is_the_official_network(converted):
-    official, model = converted
+def test_deeplab_v2_msc_on_the_released_init_is_the_official_network(converted):
+    _, official, model = converted
     rgb = np.random.default_rng(0).integers(0, 256, (2, 57, 65, 3), dtype=np.uint8)
     # deeplab-pytorch's input: BGR, minus the Caffe mean (libs/datasets/base.py lines 105-113)
     bgr = torch.from_numpy(rgb[..., ::-1].astype(np.float32) - np.array(MEAN_BGR, np.float32)).permute(0, 3, 1, 2)
     ours_input = torch.stack([torch.from_numpy(normalise(image)) for image in rgb])  # what our loaders feed
     with torch.no_grad():
-        expected = official_msc(official, bgr.contiguous())
+        expected = official.eval()(bgr.contiguous())
         ours = model.eval()(ours_input)
     assert ours.shape == expected.shape == (2, 21, 8, 9)
     torch.testing.assert_close(ours, expected, rtol=1e-3, atol=2e-3)
+
+
+def test_the_released_init_loads_its_backbone_drops_fc_and_starts_a_fresh_aspp(converted, capsys):
+    path, _, model = converted
+    released = torch.load(path)
+    ours = dict(model.base.named_parameters()) | dict(model.base.named_buffers())
+    matched = _official_names(model.base, released)
+    backbone = {name for name in ours if name.startswith("backbone.") and not name.endswith("num_batches_tracked")}
+    assert set(matched) == backbone  # every backbone tensor is one of the file's, equal to it
+    assert set(matched.values()) == {k for k in released if not k.startswith("fc.") and "num_batches" not in k}
+    # the fresh ASPP is drawn as deeplab-pytorch's _ASPP draws its own (deeplabv2.py lines 30-32)
+    fresh = official_deeplab.ASPP(2048, 21, (6, 12, 18, 24))
+    for i in range(4):
+        ours_w, theirs_w = getattr(model.base.aspp, f"c{i}").weight, getattr(fresh, f"c{i}").weight
+        assert abs(ours_w.std().item() - theirs_w.std().item()) < 2e-4 and abs(ours_w.mean().item()) < 2e-4
+        assert not getattr(model.base.aspp, f"c{i}").bias.any()
+    report = model.base.init_report
+    assert report.dropped == ["fc.weight", "fc.bias"] and report.fresh == [
+        f"aspp.c{i}.{p}" for i in range(4) for p in ("weight", "bias")]
+    assert "DeepLab-v1 ResNet-101 (fc of 91 classes, no ASPP)" in report.layout
+    build_deeplab("resnet101", 21, init=str(path))
+    said = capsys.readouterr().out
+    assert "dropped fc.weight, fc.bias" in said and "fresh: aspp.c0.weight" in said
+
+
+def _official_names(ours, official_state):
+    """{our name: the official key holding an equal tensor} (the weights are random, so unique)."""
+    by_shape = {}
+    for key, value in official_state.items():
+        by_shape.setdefault(tuple(value.shape), []).append((key, value))
+    out = {}
+    for name, value in (dict(ours.named_parameters()) | dict(ours.named_buffers())).items():
+        keys = [key for key, other in by_shape.get(tuple(value.shape), []) if torch.equal(value, other)]
+        if len(keys) > 1:  # equal tensors (a fresh ASPP's zero biases): the one of the same place
+            keys = [key for key in keys if key.split(".")[-2:] == name.split(".")[-2:]]
+        if len(keys) == 1 and not name.endswith("num_batches_tracked"):
+            out[name] = keys[0]
+    return out
+
+
+def trained_msc_file(path, layout):
+    """A DeepLabV2_ResNet101_MSC of deeplab-pytorch as its main.py saves it (lines 287-294,
+    model.module.state_dict(): base. keys, aspp.cN), or under the names of its releases before 1.0 (MSC's
+    `scale.`, the shortcut as `proj`, the ASPP as `aspp.stages.cN`)."""
+    torch.manual_seed(1)
+    state = official_deeplab.with_statistics(official_deeplab.deeplabv2_resnet101_msc(21), seed=1).state_dict()
+    if layout == "pre-1.0":
+        state = {key.replace("base.", "scale.", 1).replace(".shortcut.", ".proj.").replace("aspp.", "aspp.stages."): value
+                 for key, value in state.items()}
+    torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("layout", ["base", "pre-1.0"])
+def test_a_trained_deeplab_pytorch_model_loads_whole(tmp_path, layout):
+    path = tmp_path / "deeplabv2_resnet101_msc-trained.pth"
+    state = trained_msc_file(path, layout)
+    model = build_deeplab("resnet101", 21, init=str(path), quiet=True)
+    matched = _official_names(model, state)
+    assert len(matched) == len([k for k in state if "num_batches" not in k])  # backbone and ASPP, all of it
+    assert model.init_report.fresh == [] and model.init_report.dropped == []
+    other = build_deeplab("resnet101", 7, init=str(path), quiet=True)  # another label count: a fresh ASPP
+    assert len(other.init_report.fresh) == 8 and len(other.init_report.dropped) == 8
+
+
+def test_an_unknown_key_in_a_deeplab_pytorch_file_is_one_line(tmp_path):
+    path = tmp_path / "deeplabv1_resnet101-coco.pth"
+    state = official_deeplab.DeepLabV1(n_classes=91).state_dict()
+    state["layer6.block1.reduce.conv.weight"] = torch.zeros(1)
+    torch.save(state, path)
+    with pytest.raises(L2GError, match="unexpected parameter layer6.block1.reduce.conv.weight") as error:
+        build_deeplab("resnet101", 21, init=str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_the_imagenet_init_of_the_coco_recipe_loads_its_backbone(tmp_path):
+    """coco_resnet_dplv2.yaml INIT_MODEL deeplabv1_resnet101-imagenet.pth: the ImageNet ResNet-101
+    (resnet.py lines 113-124: layer1..layer5 and a Linear fc of 1000 classes)."""
+    path = tmp_path / "deeplabv1_resnet101-imagenet.pth"
+    torch.manual_seed(2)
+    state = official_deeplab.with_statistics(official_deeplab.ResNet(1000), seed=2).state_dict()
+    torch.save(state, path)
+    model = build_deeplab("resnet101", 81, init=str(path), quiet=True)
+    assert set(_official_names(model, state).values()) == {k for k in state if not k.startswith("fc.")
+                                                           and "num_batches" not in k}
+    assert model.init_report.dropped == ["fc.weight", "fc.bias"]
 
 
 def official_msc_loss(logits, labels):
@@ -137,21 +189,19 @@ def official_groups(named_parameters):
 
 
 def test_groups_frozen_set_and_optimizer_are_the_official_ones(converted):
-    _, model = converted
+    _, official, model = converted
     model.train()
     section = CONFIG["voc"]["train_seg"]
     settings = stage_settings("train-seg", section)
     optimizer = build_optimizer([model], settings)
     names = {id(p): n for n, p in model.named_parameters()}
-    official_name = dict(zip(deeplab_pytorch_names({n: n for n, _ in model.base.named_parameters()}).values(),
-                             deeplab_pytorch_names({n: n for n, _ in model.base.named_parameters()})))
+    official_name = {f"base.{ours}": name for ours, name in _official_names(model.base, official.base.state_dict()).items()}
     ours = {}
     for group in optimizer.param_groups:
         assert (group["momentum"], group["nesterov"]) == (0.9, False)  # momentum=CONFIG.SOLVER.MOMENTUM only
         for p in group["params"]:
-            ours[official_name[names[id(p)].removeprefix("base.")]] = (round(group["lr"] / settings.lr, 9),
-                                                                        group["weight_decay"])
-    assert ours == official_groups(official_name.values())
+            ours[official_name[names[id(p)]]] = (round(group["lr"] / settings.lr, 9), group["weight_decay"])
+    assert ours == official_groups(dict(official.base.named_parameters()))
     assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 

@@ -24,9 +24,9 @@ from l2g_core.cli import main
 from l2g_core.io_utils import write_label_png
 from l2g_core.model_io import read_model_file
 from l2g_core.models import ResNet38
-from l2g_core.models.deeplab import build_deeplab
 
-from conftest import deeplab_pytorch_names, run_snakemake, tiny_config
+import official_deeplab
+from conftest import run_snakemake, tiny_config
 from mxnet_files import mxnet_resnet38_name, write_params
 
 pytestmark = pytest.mark.slow  # the real networks through every rule: minutes
@@ -76,8 +76,9 @@ def write_released_weights(workdir, voc):
     params = weights / "ilsvrc-cls_rna-a1_cls1000_ep-0001.params"
     write_params(params, arrays)
     assert main(["convert-weights", str(params), str(workdir / voc["train_cls"]["init"]), "--arch", "resnet38"]) == 0
-    deeplab = build_deeplab("resnet101", 21).state_dict()
-    torch.save(deeplab_pytorch_names(deeplab), workdir / voc["train_seg"]["init"])
+    # deeplab-pytorch's COCO init as its convert.py writes it: DeepLab-v1, an fc of 91 classes, no ASPP
+    released = official_deeplab.with_statistics(official_deeplab.DeepLabV1(n_classes=91)).state_dict()
+    torch.save(released, workdir / voc["train_seg"]["init"])
 
 
 def budgets_and_sizes(voc):
@@ -130,6 +131,20 @@ def test_every_stage_ran_the_real_networks(voc_run):
     assert seg["build_args"]["msc_scales"] == [0.5, 0.75] and seg["build_args"]["rates"] == [6, 12, 18, 24]
 
 
+def test_deeplab_started_from_the_released_init_as_deeplab_pytorch_does(voc_run):
+    """train-seg loaded the backbone of deeplab-pytorch's DeepLab-v1 file, dropped its fc of 91
+    classes and started a fresh ASPP (main.py lines 158-163), and said so in its log."""
+    results, shipped, _ = voc_run
+    released = torch.load(results.parents[1] / shipped["train_seg"]["init"])
+    log = (results / "logs/train_seg.log").read_text()
+    assert "DeepLab-v1 ResNet-101 (fc of 91 classes, no ASPP)" in log and "dropped fc.weight, fc.bias" in log
+    assert "fresh: aspp.c0.weight" in log
+    seg = read_model_file(results / "seg/model.pt", "l2g-segmenter/1", "l2g train-seg")
+    # two updates of lr 2.5e-4 leave the frozen BatchNorm exactly as the file has it
+    stem_bn = seg["state_dict"]["base.backbone.bn1.running_var"]
+    assert torch.equal(stem_bn, released["layer1.conv1.bn.running_var"])
+
+
 def test_cams_labels_and_scores_follow_the_official_route(voc_run):
     results, _, _ = voc_run
     cams, classes = load_cams(results / "cams/2007_000002.npz")
@@ -144,3 +159,34 @@ def test_cams_labels_and_scores_follow_the_official_route(voc_run):
             "pseudo_labels_train_subset"} <= set(final["stages"])
     subset = json.loads((results / "cams/miou_train_subset.json").read_text())
     assert subset["split"] == "train_subset" and subset["num_images"] == 2
+
+
+# The file of each voc score that carries a published figure (config datasets.voc.expect).
+VOC_SCORE_FILES = {"cams": "cams/miou.json", "cams_train_subset": "cams/miou_train_subset.json",
+                   "pseudo_labels": "pseudo_labels/miou.json",
+                   "pseudo_labels_train_subset": "pseudo_labels/miou_train_subset.json",
+                   "seg": "miou.json", "seg_no_crf": "miou.json"}
+
+
+def test_every_scored_stage_wrote_its_verdict_outside_the_published_range_with_what_to_check(voc_run):
+    """Six photographs and one epoch are far from the published VOC figures: every score that has
+    one says so beside itself, with its hint and source, and the run's table lists them all."""
+    results, shipped, _ = voc_run
+    expect = shipped["expect"]
+    assert set(expect) == set(VOC_SCORE_FILES)
+    for stage, path in VOC_SCORE_FILES.items():
+        verdicts = [v for v in json.loads((results / path).read_text())["expectations"] if v["stage"] == stage]
+        assert len(verdicts) == len(expect[stage]) == 1, stage
+        verdict, entry = verdicts[0], expect[stage][0]
+        low, high = entry["min"], entry["max"]
+        assert verdict["expectation"] == f"{low:g} <= {stage} <= {high:g}"
+        assert verdict["holds"] is False and not low <= verdict["measured"] <= high, stage
+        assert verdict["hint"] == " ".join(entry["hint"].split()) and verdict["source"] == entry["source"]
+    # the CAM stage warned in its own log, before any DeepLab job
+    log = (results / "logs/evaluate_cams_train_subset.log").read_text()
+    assert "WARN expectation fails: cams_train_subset: 0.667 <= cams_train_subset <= 0.767: measured " in log
+    assert "check: the L2G CAMs: check stage 2's init" in log
+    table = json.loads((results / "expectations.json").read_text())
+    assert sorted(v["stage"] for v in table["verdicts"]) == sorted(VOC_SCORE_FILES)
+    assert table["fails"] == len(VOC_SCORE_FILES) and table["holds"] == 0
+    assert "**fails**" in (results / "expectations.md").read_text()

@@ -15,13 +15,18 @@ Initialisation (``init`` of :func:`build_deeplab`), documented for users in the 
 * a torchvision weights name (``IMAGENET1K_V1``/``V2``; resnet50/101): ImageNet backbone;
 * a path to a torch file holding the backbone parameters under our names (a torchvision ResNet
   state dict, or a classifier written by ``l2g train-cls`` whose backbone is reused);
-* a path to a DeepLab-v2 checkpoint converted by deeplab-pytorch from Caffe (e.g. the
-  COCO-pretrained ``deeplabv1_resnet101-coco.pth`` that L2G uses), recognised by its names
-  (``[base.]layer1.conv1.conv.weight``, ``layer2.block1.reduce.conv.weight``, ...,
-  ``aspp.c0.weight`` or ``aspp.stages.c0.weight``). It is renamed to ours
-  (:func:`convert_deeplab_pytorch`), the ASPP is kept when its label count matches, and the model
-  switches to the Caffe conventions those weights need: BGR input in 0..255 minus the Caffe mean,
-  stride 2 in the first 1x1 convolution of a stage, ceil-mode max pooling.
+* a path to a file converted by deeplab-pytorch from Caffe, in any layout its converters and
+  trainer write: the DeepLab-v1 ResNet-101 init (``deeplabv1_resnet101-coco.pth`` that L2G uses
+  for VOC, ``-imagenet.pth`` for COCO: ``layer1..layer5`` and a classifier ``fc`` of 91 COCO or
+  1000 ImageNet classes, no ASPP), or a DeepLab-v2 with its ASPP (``aspp.cN`` or
+  ``aspp.stages.cN``), MSC-wrapped (``base.``, or ``scale.`` before deeplab-pytorch 1.0) or not.
+  It is loaded as deeplab-pytorch's main.py loads it (``model.base.load_state_dict(state,
+  strict=False)``): the backbone, renamed to ours (:func:`convert_deeplab_pytorch`), must be
+  complete; ``fc`` is dropped; the ASPP is kept when its label count matches, else it starts fresh
+  (normal, std 0.01, as deeplab-pytorch's ``_ASPP``); an unknown key is an error. What loaded,
+  what was dropped and what starts fresh is printed (:class:`InitReport`). The model switches to
+  the Caffe conventions those weights need: BGR input in 0..255 minus the Caffe mean, stride 2 in
+  the first 1x1 convolution of a stage, ceil-mode max pooling.
 
 Checkpoints trained on PASCAL VOC val (DeepLab's ``train2_iter_20000``: train2 = trainval_aug)
 are refused (:func:`refuse_val_trained`): a val mIoU of a model started from them is inflated.
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +58,7 @@ from l2g_core.data.torch_data import MEAN as IMAGENET_MEAN, STD as IMAGENET_STD 
 from l2g_core.errors import L2GError
 from l2g_core.models.backbones import HEAD_PREFIXES, Backbone, resolve_init
 from l2g_core.models.checkpoint import extract_state_dict, load_state_dict_checked, read_checkpoint
+from l2g_core.runtime import to_device
 
 DEFAULT_RATES = (6, 12, 18, 24)
 DEFAULT_MSC_SCALES = (0.5, 0.75)
@@ -137,23 +144,26 @@ LOSS_RESOLUTIONS = ("logits", "labels")
 
 
 @functools.lru_cache(maxsize=64)
-def nearest_indices(size_in, size_out):
-    """The source index of each of `size_out` samples when PIL's NEAREST resizes `size_in` of them.
+def nearest_indices(size_in, size_out, device=torch.device("cpu")):
+    """The source index of each of `size_out` samples when PIL's NEAREST resizes `size_in` of them,
+    as a tensor on `device`.
 
     deeplab-pytorch resizes the labels with PIL; PIL's fixed-point arithmetic picks a different
     neighbour than torch's 'nearest-exact' for a few percent of the pixels, so the indices are
-    taken from PIL itself (resizing an image of its own row numbers) and reused on any device."""
+    taken from PIL itself (resizing an image of its own row numbers). Cached per device: a copy to
+    the GPU at every MSC output (8 per micro-step) would make the host wait each time; the first
+    one is queued without waiting (to_device)."""
     ramp = Image.fromarray(np.arange(size_in, dtype=np.float32)[:, None])
     picked = np.asarray(ramp.resize((1, size_out), resample=Image.NEAREST))[:, 0]
-    return torch.from_numpy(picked.astype(np.int64))
+    return to_device(torch.from_numpy(picked.astype(np.int64)), device)
 
 
 def resize_labels(labels, size):
     """Label maps (B, H, W) resized to `size` exactly as deeplab-pytorch's resize_labels (PIL
     NEAREST), without leaving the labels' device."""
     (height, width), (out_h, out_w) = labels.shape[-2:], size
-    rows = nearest_indices(height, out_h).to(labels.device)
-    cols = nearest_indices(width, out_w).to(labels.device)
+    rows = nearest_indices(height, out_h, labels.device)
+    cols = nearest_indices(width, out_w, labels.device)
     return labels.index_select(-2, rows).index_select(-1, cols)
 
 
@@ -199,40 +209,94 @@ def refuse_val_trained(path, obj=None):
 _DLP_BLOCK = re.compile(r"^layer([2-5])\.block(\d+)\.(reduce|conv3x3|increase|proj|shortcut)\.(conv|bn)\.(.+)$")
 _DLP_UNIT = {"reduce": ("conv1", "bn1"), "conv3x3": ("conv2", "bn2"), "increase": ("conv3", "bn3"),
              "proj": ("downsample.0", "downsample.1"), "shortcut": ("downsample.0", "downsample.1")}
+# The wrappers deeplab-pytorch's files carry: MSC's `base.` (trained models, the VOC conversion of
+# convert.py) or `scale.` (its MSC before v1.0); DataParallel's `module.` is stripped on reading.
+_DLP_WRAPPERS = ("base.", "scale.")
+_DLP_ASPP = re.compile(r"^aspp\.(?:stages\.)?c(\d+)\.(weight|bias)$")
+
+
+def _unwrapped(key):
+    for wrapper in _DLP_WRAPPERS:
+        if key.startswith(wrapper):
+            return key[len(wrapper):]
+    return key
 
 
 def is_deeplab_pytorch(state_dict) -> bool:
-    return any(k.removeprefix("base.").startswith("layer1.conv1.conv.") for k in state_dict)
+    return any(_unwrapped(k).startswith("layer1.conv1.conv.") for k in state_dict)
 
 
-def convert_deeplab_pytorch(state_dict) -> dict:
-    """deeplab-pytorch DeepLab-v2 names -> ours (``backbone.`` torchvision names, ``aspp.cN``).
+def convert_deeplab_pytorch(state_dict):
+    """deeplab-pytorch names -> ours; returns (converted, dropped).
 
     ``layer1.conv1.{conv,bn}`` -> ``backbone.{conv1,bn1}``; ``layer{k}.block{j}.{reduce,conv3x3,
     increase}.{conv,bn}`` -> ``backbone.layer{k-1}.{j-1}.{conv,bn}{1,2,3}``; ``proj``/``shortcut``
-    -> ``downsample.{0,1}``; ``aspp[.stages].cN`` -> ``aspp.cN``. An unknown name is an error.
+    -> ``downsample.{0,1}``; ``aspp[.stages].cN`` -> ``aspp.cN``. ``dropped`` lists the file's
+    classifier ``fc.*`` (the DeepLab-v1 init's 91 COCO classes, or ImageNet's 1000), which
+    deeplab-pytorch's main.py never loads (``model.base.load_state_dict(..., strict=False)``).
+    Any other name is an error.
     """
-    out = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("base.")
+    out, dropped = {}, []
+    for original, value in state_dict.items():
+        key = _unwrapped(original)
         if key.endswith("num_batches_tracked"):
             continue
-        if key.startswith("layer1.conv1."):
+        if key.startswith("fc."):
+            dropped.append(original)
+        elif key.startswith("layer1.conv1."):
             part, rest = key[len("layer1.conv1."):].split(".", 1)
             out[f"backbone.{'conv1' if part == 'conv' else 'bn1'}.{rest}"] = value
-            continue
-        match = _DLP_BLOCK.match(key)
-        if match:
+        elif match := _DLP_BLOCK.match(key):
             layer, block, unit, kind, rest = match.groups()
             conv, bn = _DLP_UNIT[unit]
             out[f"backbone.layer{int(layer) - 1}.{int(block) - 1}.{conv if kind == 'conv' else bn}.{rest}"] = value
-            continue
-        match = re.match(r"^aspp\.(?:stages\.)?c(\d+)\.(weight|bias)$", key)
-        if match:
+        elif match := _DLP_ASPP.match(key):
             out[f"aspp.c{match.group(1)}.{match.group(2)}"] = value
-            continue
-        raise L2GError(f"deeplab-pytorch checkpoint: unexpected parameter {key}")
-    return out
+        else:
+            raise L2GError(f"deeplab-pytorch checkpoint: unexpected parameter {original}")
+    return out, dropped
+
+
+@dataclass
+class InitReport:
+    """What a deeplab-pytorch file gives a DeepLab of ours: its layout, the parameters loaded from
+    it (our names), the file's keys left out, and our parameters that start fresh."""
+
+    layout: str
+    loaded: list
+    dropped: list
+    fresh: list
+
+    def summary(self, source):
+        fresh = ", ".join(self.fresh) or "none"
+        return (f"{source}: {self.layout}: {len(self.loaded)} tensors loaded; dropped "
+                f"{', '.join(self.dropped) or 'nothing'}; fresh: {fresh}")
+
+
+def _layout(state, dropped, converted):
+    wrapped = any(k.startswith(_DLP_WRAPPERS) for k in state)
+    if "aspp.c0.weight" in converted:
+        kind = f"deeplab-pytorch DeepLab-v2 ResNet-101 (ASPP of {converted['aspp.c0.weight'].shape[0]} labels)"
+    elif dropped:
+        fc = next(state[k] for k in dropped if k.endswith("weight"))
+        kind = f"deeplab-pytorch DeepLab-v1 ResNet-101 (fc of {fc.shape[0]} classes, no ASPP)"
+    else:
+        kind = "deeplab-pytorch ResNet-101 backbone"
+    return kind + (", MSC-wrapped" if wrapped else "")
+
+
+def _split_for(model, converted, dropped, state):
+    """(backbone state, ASPP state or None, InitReport) of a converted file for `model`: an ASPP of
+    another label count is dropped and the model's starts fresh, as deeplab-pytorch's would."""
+    aspp = {k: v for k, v in converted.items() if k.startswith("aspp.")}
+    body = {k[len("backbone."):]: v for k, v in converted.items() if k.startswith("backbone.")}
+    fits = bool(aspp) and aspp["aspp.c0.weight"].shape == model.aspp.c0.weight.shape
+    if aspp and not fits:
+        dropped = dropped + sorted(k for k in state if _DLP_ASPP.match(_unwrapped(k)))
+    fresh = [] if fits else [f"aspp.{name}" for name, _ in model.aspp.named_parameters()]
+    loaded = sorted(k for k in converted if fits or k.startswith("backbone."))
+    report = InitReport(_layout(state, dropped, converted), loaded, dropped, fresh)
+    return body, ({k[len("aspp."):]: v for k, v in aspp.items()} if fits else None), report
 
 
 #: File names of DeepLab weights trained on COCO masks (deeplab-pytorch's COCO-pretrained init).
@@ -272,13 +336,15 @@ def make_caffe_resnet(backbone) -> None:
 
 
 def build_deeplab(backbone: str, num_labels: int, *, rates=DEFAULT_RATES, msc_scales=None, init=None,
-                  output_stride: int = 8, caffe: bool | None = None, freeze_bn: bool = True):
+                  output_stride: int = 8, caffe: bool | None = None, freeze_bn: bool = True, quiet: bool = False):
     """A DeepLab-v2 (wrapped in :class:`MSC` when ``msc_scales`` is given) with ``build_args``.
 
     ``caffe=None`` decides from ``init`` (a deeplab-pytorch file means Caffe conventions); a model
     rebuilt from its own file passes the stored value. ``freeze_bn``: a pretrained backbone keeps
     its BatchNorm statistics and affine parameters (DeepLab's choice for batches of 10 crops);
-    False trains them, which suits a small backbone with larger batches.
+    False trains them, which suits a small backbone with larger batches. An init file's
+    InitReport (what loaded, what was dropped, what starts fresh) is printed (unless ``quiet``)
+    and kept as ``model.init_report``.
     """
     from l2g_core.models import build_backbone
 
@@ -300,10 +366,17 @@ def build_deeplab(backbone: str, num_labels: int, *, rates=DEFAULT_RATES, msc_sc
     if caffe:
         make_caffe_resnet(body)
     model = DeepLabV2(body, num_labels, rates, caffe=caffe)
+    model.init_report = None
     if dlp:
-        _load_deeplab_pytorch(model, convert_deeplab_pytorch(state), source=str(value))
+        model.init_report = _load_deeplab_pytorch(model, state, source=str(value))
     elif state is not None:  # backbone parameters under our names; classifier heads ignored
         load_state_dict_checked(body, state, source=str(value), ignore_unexpected=HEAD_PREFIXES)
+        model.init_report = InitReport("a backbone under our names",
+                                       sorted(f"backbone.{k}" for k in state if k in body.state_dict()),
+                                       sorted(k for k in state if k.startswith(HEAD_PREFIXES)),
+                                       [f"aspp.{name}" for name, _ in model.aspp.named_parameters()])
+    if model.init_report is not None and not quiet:
+        print(f"DeepLab init {model.init_report.summary(value)}", flush=True)
     if kind != "none" and freeze_bn:  # deeplab-pytorch: BatchNorm frozen, the stem trained
         body.freeze_pretrained(stem=False)
     if msc_scales:
@@ -315,9 +388,18 @@ def build_deeplab(backbone: str, num_labels: int, *, rates=DEFAULT_RATES, msc_sc
 
 
 def _load_deeplab_pytorch(model, state, source):
-    """Backbone (strict) and, when its label count matches, the ASPP of a converted checkpoint."""
-    aspp = {k: v for k, v in state.items() if k.startswith("aspp.")}
-    body = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    """The backbone (every parameter, strictly) and, when its label count matches, the ASPP of a
+    deeplab-pytorch file; says what was dropped and what starts fresh."""
+    converted, dropped = convert_deeplab_pytorch(state)
+    body, aspp, report = _split_for(model, converted, dropped, state)
     load_state_dict_checked(model.backbone, body, source=source)
-    if aspp and aspp["aspp.c0.weight"].shape == model.aspp.c0.weight.shape:
-        load_state_dict_checked(model.aspp, {k[len("aspp."):]: v for k, v in aspp.items()}, source=source)
+    if aspp is not None:
+        load_state_dict_checked(model.aspp, aspp, source=source)
+    return report
+
+
+def inspect_deeplab_init(path, num_labels):
+    """The InitReport of an init file for a ResNet-101 DeepLab-v2 of `num_labels` labels: which
+    keys load, which are dropped, which of ours start fresh (l2g doctor); L2GError for a file that
+    cannot start one."""
+    return build_deeplab("resnet101", num_labels, init=str(path), quiet=True).init_report
