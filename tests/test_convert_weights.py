@@ -3,7 +3,9 @@
 Checked against a real file written by MXNet (../shared/fixtures/mxnet, a MobileFaceNet whose
 symbol file tells each array's shape), against ResNet-38 weights under the official MXNet names
 (written by the small V2 writer of tests/mxnet_files.py), and against broken files, which must fail in one line
-without leaving an output file.
+without leaving an output file. The ResNet-38 names the writer produces, and what we make of them,
+are checked against the official converter and the official network's entries, both recreated
+here from PengtaoJiang/L2G models/resnet38_base.py, independently of l2g_core.
 """
 
 import ast
@@ -186,6 +188,142 @@ def test_resnet38_round_trip(tmp_path, capsys):
     for name in ("conv1a.weight", "b4_3.conv_branch2a.weight", "b7.bn_branch2b2.running_var",
                  "bn7.bias"):
         assert np.array_equal(classifier.state_dict()[name].numpy(), written[name]), name
+
+
+# --- ResNet-38 against the official converter and network, both recreated from their source. ---
+
+def official_resnet38_entries():
+    """{name: shape} of the state dict of the official ResNet-38, models/resnet38_base.py Net
+    (lines 106-135), built from the module structure written there, not from our model:
+    ResBlock (lines 8-26): bn_branch2a, conv_branch2a (3x3), bn_branch2b1, conv_branch2b1 (3x3),
+    and conv_branch1 (1x1) unless in == out and stride 1 (`same_shape`, line 12); ResBlock_bot
+    (lines 55-73): bn_branch2a, conv_branch2a (1x1 to out/4), bn_branch2b1, conv_branch2b1 (3x3
+    to out/2), bn_branch2b2, conv_branch2b2 (1x1 to out), conv_branch1 likewise (the dropouts hold
+    nothing); every conv without bias; BatchNorm2d's weight, bias, running_mean, running_var.
+    BatchNorm's num_batches_tracked is left out: the converter writes none and the official
+    scripts load its output with strict=False."""
+    entries = {"conv1a.weight": (64, 3, 3, 3)}  # line 110
+
+    def batch_norm(name, channels):
+        for entry in ("weight", "bias", "running_mean", "running_var"):
+            entries[f"{name}.{entry}"] = (channels,)
+
+    def conv(name, cout, cin, kernel):
+        entries[f"{name}.weight"] = (cout, cin, kernel, kernel)
+
+    def res_block(name, cin, mid, cout, stride=1):
+        batch_norm(f"{name}.bn_branch2a", cin)
+        conv(f"{name}.conv_branch2a", mid, cin, 3)
+        batch_norm(f"{name}.bn_branch2b1", mid)
+        conv(f"{name}.conv_branch2b1", cout, mid, 3)
+        if cin != cout or stride != 1:
+            conv(f"{name}.conv_branch1", cout, cin, 1)
+
+    def res_block_bot(name, cin, cout, stride=1):
+        batch_norm(f"{name}.bn_branch2a", cin)
+        conv(f"{name}.conv_branch2a", cout // 4, cin, 1)
+        batch_norm(f"{name}.bn_branch2b1", cout // 4)
+        conv(f"{name}.conv_branch2b1", cout // 2, cout // 4, 3)
+        batch_norm(f"{name}.bn_branch2b2", cout // 2)
+        conv(f"{name}.conv_branch2b2", cout, cout // 2, 1)
+        if cin != cout or stride != 1:
+            conv(f"{name}.conv_branch1", cout, cin, 1)
+
+    # lines 112-133: (name, in, mid, out, stride) of the ResBlocks, then the two ResBlock_bots
+    for name, cin, mid, cout, stride in [
+            ("b2", 64, 128, 128, 2), ("b2_1", 128, 128, 128, 1), ("b2_2", 128, 128, 128, 1),
+            ("b3", 128, 256, 256, 2), ("b3_1", 256, 256, 256, 1), ("b3_2", 256, 256, 256, 1),
+            ("b4", 256, 512, 512, 2), *[(f"b4_{i}", 512, 512, 512, 1) for i in range(1, 6)],
+            ("b5", 512, 512, 1024, 1), ("b5_1", 1024, 512, 1024, 1), ("b5_2", 1024, 512, 1024, 1)]:
+        res_block(name, cin, mid, cout, stride)
+    res_block_bot("b6", 1024, 2048)
+    res_block_bot("b7", 2048, 4096)
+    batch_norm("bn7", 4096)  # line 135
+    return entries
+
+
+def official_convert_mxnet_to_torch(loaded):
+    """convert_mxnet_to_torch (models/resnet38_base.py lines 201-249) on `loaded`, what its
+    mxnet.nd.load (line 204) returns: {stored name ("arg:..." / "aux:..."): array}. Each name is
+    split at "_" (line 213). A first token containing conv1a gives conv1a.weight, one containing
+    linear1000 nothing (lines 215-219). Where the second token contains "branch" (lines 221-243)
+    the name is BLOCK.LAYER_SECOND.ENTRY: BLOCK "b" + the stage digit for a first token ending in
+    "a" (res2a -> b2), else "b{third-last char}_{last char}" (res4b3 -> b4_3); LAYER conv with
+    ENTRY weight where the first token contains "res", else bn with the BatchNorm entry of the
+    last token. Every other name is bn7's entry of its last token (lines 245-247). Of two names
+    with one result the later wins, as in its dict."""
+    # line 208: the last token of a BatchNorm array -> its torch entry
+    bn_entries = {"beta": "bias", "gamma": "weight", "mean": "running_mean", "var": "running_var"}
+    renamed = {}
+    for stored, array in loaded.items():
+        tokens = stored.split("_")
+        head = tokens[0]
+        if "conv1a" in head:
+            renamed["conv1a.weight"] = torch.from_numpy(array)
+            continue
+        if "linear1000" in head:
+            continue
+        if "branch" in tokens[1]:
+            block = f"b{head[-2]}" if head[-1] == "a" else f"b{head[-3]}_{head[-1]}"
+            layer, entry = ("conv", "weight") if "res" in head else ("bn", bn_entries[tokens[-1]])
+            renamed[f"{block}.{layer}_{tokens[1]}.{entry}"] = torch.from_numpy(array)
+        else:
+            renamed[f"bn7.{bn_entries[tokens[-1]]}"] = torch.from_numpy(array)
+    return renamed
+
+
+def fixture_resnet38_names():
+    """The MXNet names of the "released" ResNet-38 that the tests write (test_resnet38_round_trip,
+    tests/test_real_architectures.py write_released_weights): mxnet_resnet38_name of every entry
+    of our ResNet38 but num_batches_tracked, and the ImageNet classifier linear1000."""
+    with torch.device("meta"):
+        ours = [k for k in ResNet38().state_dict() if not k.endswith("num_batches_tracked")]
+    return [mxnet_resnet38_name(name) for name in ours] + ["arg:linear1000_weight", "arg:linear1000_bias"]
+
+
+def test_official_converter_maps_the_fixture_names_onto_the_official_network():
+    official = official_resnet38_entries()
+    names = fixture_resnet38_names()
+    assert len(set(names)) == len(names)
+    converted = official_convert_mxnet_to_torch({name: np.zeros(1, np.float32) for name in names})
+    # every name lands on an entry of the official Net, each on its own, and none is left out
+    assert len(converted) == len(names) - 2  # only linear1000's weight and bias dropped
+    assert set(converted) == set(official)
+    # the writer is the official converter's inverse on the official names themselves
+    for name in official:
+        one = {mxnet_resnet38_name(name): np.zeros(1, np.float32)}
+        assert list(official_convert_mxnet_to_torch(one)) == [name], (name, list(one))
+    # BatchNorm statistics are MXNet aux states, everything else arg: parameters
+    assert all(n.startswith("aux:" if n.endswith(("moving_mean", "moving_var")) else "arg:") for n in names)
+    # and our network has the official shapes, so the fixture's arrays have them too
+    with torch.device("meta"):
+        ours = {k: tuple(v.shape) for k, v in ResNet38().state_dict().items()
+                if not k.endswith("num_batches_tracked")}
+    assert ours == official
+
+
+def test_convert_weights_gives_the_official_converters_tensors(tmp_path, capsys):
+    """`l2g convert-weights --arch resnet38` on a file with the official network's names and shapes
+    (values drawn here) writes, for every key, the tensor the official converter makes of it."""
+    rng = np.random.default_rng(2)
+    arrays = {mxnet_resnet38_name(name): rng.standard_normal(shape, dtype=np.float32)
+              for name, shape in official_resnet38_entries().items()}
+    arrays["arg:linear1000_weight"] = rng.standard_normal((1000, 4096), dtype=np.float32)
+    arrays["arg:linear1000_bias"] = rng.standard_normal(1000, dtype=np.float32)
+    order = [list(arrays)[i] for i in rng.permutation(len(arrays))]  # not the network's order
+    arrays = {name: arrays[name] for name in order}
+    params = tmp_path / "ilsvrc-cls_rna-a1_cls1000_ep-0001.params"
+    write_params(params, arrays)
+    official = official_convert_mxnet_to_torch(arrays)  # what mxnet.nd.load returns: the arrays written
+
+    out = tmp_path / "resnet38.pt"
+    code, stdout, stderr = run_cli(capsys, params, out, "--arch", "resnet38")
+    assert (code, stderr) == (0, []) and "dropped 2" in stdout[0]
+    ours = torch.load(out, weights_only=True)
+    assert set(ours) == set(official)
+    for name, tensor in official.items():
+        assert ours[name].dtype == tensor.dtype == torch.float32, name
+        assert torch.equal(ours[name], tensor), name
 
 
 # --- Other layouts and dtypes (written here, as the real files are not at hand). ---

@@ -8,15 +8,22 @@ code on the same tiny weights and inputs. The settings come from config/config.y
 tests also prove that the shipped `voc` and `coco` sections are the official recipes.
 """
 
+import collections
+import dataclasses
+import itertools
+import random
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image, ImageEnhance
+from scipy import stats
 from torchvision import ops
 
 from l2g_core.config import resolve_recipes
+from l2g_core.data import torch_data
 from l2g_core.data.augment import crop_box, draw_jitter
 from l2g_core.data.torch_data import ImageOptions, LabelledImages
 from l2g_core.l2g import sample_boxes
@@ -245,6 +252,13 @@ def test_coco_l2g_poly_optimizer_is_official_momentum_bug_included(resnet38_file
             p.grad = torch.zeros(1)
         official.step()  # sets this step's lr, then steps
         assert official.param_groups[0]["lr"] == pytest.approx(0.1 * lr_factor(settings, 0, update, total), rel=1e-12)
+    # `recipe: voc` leaves VOC's step_epochs [5] and gamma 0.1 in the coco section (passed as
+    # --step-epochs 5 --gamma 0.1): under poly, step settings change nothing in any epoch, as the
+    # official DECAY_POINTS='5,10', which train_l2g_sal_coco.sh sets but does not pass
+    stepped = dataclasses.replace(settings, step_epochs=[5, 10], gamma=0.1)
+    poly = lr_factor(settings, 0, 3, total)
+    for epoch in range(CONFIG["coco"]["train_l2g"]["epochs"]):
+        assert lr_factor(stepped, epoch, 3, total) == lr_factor(settings, epoch, 3, total) == poly
     # the warm-up of train_l2g_sal_coco.py lines 182-198 divides the lrs by 100 and restores them,
     # but PolyOptimizer.step overwrites them from its initial lrs first: it changes nothing
     assert all(ours[k]["base_lr"] == pytest.approx(v, rel=1e-12) for k, v in lrs.items())
@@ -319,6 +333,7 @@ def test_l2g_targets_and_loss_are_the_official_ones(dataset):
     saliency = saliency / saliency.amax(dim=(2, 3), keepdim=True)
     boxes = sample_boxes(batch, crops, crop, size, generator, corners=section["crop_layout"] == "corners")
     options = stage_args("train-l2g", section)
+    options.crop_size = crop  # the recipe's options at this test's small size
     with torch.no_grad():
         ours = l2g_losses(net_g, net_l, {"image": images, "label": labels, "saliency": saliency}, boxes,
                           options, net_g.stride)
@@ -339,7 +354,179 @@ def test_l2g_targets_and_loss_are_the_official_ones(dataset):
     torch.testing.assert_close(ours["loss"], loss, rtol=1e-5, atol=1e-6)
 
 
-# --------------------------------------------------------------------------- the VOC input pipeline
+# --------------------------------------------------------------------------- the random draws of the loaders
+#
+# The official loaders draw with numpy's legacy global generator (the colour jitter, the local
+# boxes) and with python's `random` (VOC's input crop); ours with numpy / torch Generators seeded
+# per sample. The streams cannot match, so the draws are compared as distributions: the recreated
+# official draw functions below (written from the official source, each seeded here) and ours,
+# N_DRAWS samples each, with fixed seeds (deterministic: no flaky outcome). A halved range, a
+# one-sided hue or a crop drawn over the wrong axis fails the support checks and the KS tests.
+
+N_DRAWS = 20000
+KS_P = 1e-3  # two-sample Kolmogorov-Smirnov: ours and the official draws from one distribution
+OFFICIAL_JITTER = (0.3, 0.3, 0.3, 0.1)  # ColorJitter(...) of utils/LoadData.py lines 221 (COCO) and 428 (VOC)
+
+
+def official_jitter_draws(strengths, legacy):
+    """The draws of ColorJitter.get_params (utils/transforms/transforms.py lines 537-567) as
+    [(name, factor), ...] in the order the Compose applies them. Lines 548-562: one
+    np.random.uniform per strength > 0, brightness, contrast, saturation, then hue; a factor from
+    [max(0, 1 - s), 1 + s], the hue shift from [-h, h]; line 564: np.random.shuffle of the list.
+    `legacy`: a np.random.RandomState, the class of numpy's legacy global generator that those
+    module-level calls use."""
+    drawn = []
+    for name, strength in zip(("brightness", "contrast", "saturation", "hue"), strengths):
+        if strength <= 0:
+            continue
+        bounds = (-strength, strength) if name == "hue" else (max(0, 1 - strength), 1 + strength)
+        drawn.append((name, float(legacy.uniform(*bounds))))
+    legacy.shuffle(drawn)
+    return drawn
+
+
+def official_input_crop(image_size, crop, rand):
+    """imutils.get_random_crop_box (utils/imutils.py lines 78-101) as VOCDataset_l2g_sal_crop calls
+    and uses it (utils/LoadData.py lines 354-356): called with PIL's (width, height), which line 79
+    unpacks as (h, w), so `img_left` is drawn over the height and `img_top` over the width
+    (lines 84-99, python's random.randrange); the image is cropped with (box[6], box[4], box[7],
+    box[5]). Returns that (left, top, right, bottom). `rand`: a random.Random."""
+    first, second = image_size  # the function's "h" and "w"
+    rows, cols = min(crop, first), min(crop, second)  # its ch, cw
+    if second - crop > 0:  # its w_space
+        left = rand.randrange(second - crop + 1)
+    else:  # the draw goes to cont_left, which the crop does not use
+        rand.randrange(crop - second + 1)
+        left = 0
+    if first - crop > 0:  # its h_space
+        top = rand.randrange(first - crop + 1)
+    else:
+        rand.randrange(crop - first + 1)
+        top = 0
+    return left, top, left + cols, top + rows
+
+
+def official_random_boxes(input_size, crop_size, patch_num, legacy):
+    """box_generation of VOCDataset_l2g_sal, COCO's loader (utils/LoadData.py lines 292-300):
+    patch_num boxes, each from ind_h, ind_w = np.random.randint(0, input_size - crop_size, size=2)
+    as [0, ind_w, ind_h, ind_w + crop, ind_h + crop]. Returns (patch_num, 4) [x1, y1, x2, y2]."""
+    far = input_size - crop_size
+    boxes = []
+    for _ in range(patch_num):
+        y, x = legacy.randint(0, far, size=2)
+        boxes.append([x, y, x + crop_size, y + crop_size])
+    return np.array(boxes)
+
+
+def our_sample_draws(dataset, count, image_size=None, seed=5):
+    """The draws LabelledImages.__getitem__ makes for samples 0..count-1 of epoch 0 (one
+    np.random.default_rng([seed, epoch, index]) per sample: the input crop box where the section
+    crops, then the jitter). Returns (crop boxes or None, jitter draws)."""
+    section = CONFIG[dataset]["train_l2g"]
+    boxes, jitters = [], []
+    for index in range(count):
+        rng = np.random.default_rng([seed, 0, index])
+        if section["resize"] == "short_crop":
+            boxes.append(crop_box(image_size, section["input_size"], rng, section["crop_axes"]))
+        jitters.append(draw_jitter(section["jitter"], rng))
+    return (np.array(boxes) if boxes else None), jitters
+
+
+def assert_same_distribution(ours, official, what):
+    ours, official = np.asarray(ours, dtype=np.float64), np.asarray(official, dtype=np.float64)
+    result = stats.ks_2samp(ours, official)
+    assert result.pvalue > KS_P, f"{what}: KS p = {result.pvalue:.2e} (statistic {result.statistic:.4f})"
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+def test_jitter_draws_are_distributed_as_the_official_ones(dataset):
+    _, ours = our_sample_draws(dataset, N_DRAWS, image_size=(768, 512))
+    legacy = np.random.RandomState(0)
+    official = [official_jitter_draws(OFFICIAL_JITTER, legacy) for _ in range(N_DRAWS)]
+    names = ("brightness", "contrast", "saturation", "hue")
+    assert all(sorted(n for n, _ in draw) == sorted(names) for draw in ours)
+    for name, strength in zip(names, OFFICIAL_JITTER):
+        mine = np.array([dict(draw)[name] for draw in ours])
+        theirs = np.array([dict(draw)[name] for draw in official])
+        low, high = (-strength, strength) if name == "hue" else (1 - strength, 1 + strength)
+        # the recreation draws over the official bounds, and ours over the same, on both sides
+        assert abs(theirs.min() - low) < 0.02 and abs(theirs.max() - high) < 0.02, name
+        assert abs(mine.min() - theirs.min()) < 0.02, (name, mine.min(), theirs.min())
+        assert abs(mine.max() - theirs.max()) < 0.02, (name, mine.max(), theirs.max())
+        assert abs(mine.mean() - theirs.mean()) < 0.01, (name, mine.mean(), theirs.mean())
+        assert_same_distribution(mine, theirs, name)
+    hue = np.array([dict(draw)["hue"] for draw in ours])
+    assert abs(hue.min() + hue.max()) < 0.02 and 0.47 < (hue < 0).mean() < 0.53  # symmetric around 0
+    # the order: every one of the 24 permutations, as often as the official shuffle gives each
+    mine = collections.Counter(tuple(n for n, _ in draw) for draw in ours)
+    theirs = collections.Counter(tuple(n for n, _ in draw) for draw in official)
+    orders = sorted(itertools.permutations(names))
+    assert set(mine) == set(theirs) == set(orders)
+    assert all(0.8 < mine[o] / (N_DRAWS / 24) < 1.2 for o in orders), mine
+    table = np.array([[mine[o] for o in orders], [theirs[o] for o in orders]])
+    assert stats.chi2_contingency(table).pvalue > KS_P
+    # and the position of each operation is independent of its factor (one shuffle of fixed draws)
+    first = np.array([draw[0][0] == "brightness" for draw in ours])
+    brightness = np.array([dict(draw)["brightness"] for draw in ours])
+    assert_same_distribution(brightness[first], brightness[~first], "brightness first or not")
+
+
+@pytest.mark.parametrize("size", [(768, 512), (512, 683), (700, 700)])
+def test_input_crop_boxes_are_distributed_as_the_official_ones(size):
+    """VOC's 448 crop of the image at short side 512: the left edge over 0..height - 448 and the
+    top edge over 0..width - 448 (the official quirk), uniform, as get_random_crop_box draws them."""
+    ours, _ = our_sample_draws("voc", N_DRAWS, image_size=size)
+    rand = random.Random(0)
+    official = np.array([official_input_crop(size, 448, rand) for _ in range(N_DRAWS)])
+    width, height = size
+    assert (official[:, 0].max(), official[:, 1].max()) == (height - 448, width - 448)  # the recreation
+    assert np.all(ours[:, 2:] - ours[:, :2] == 448) and np.all(official[:, 2:] - official[:, :2] == 448)
+    for axis, name in enumerate(("left", "top")):
+        mine, theirs = ours[:, axis], official[:, axis]
+        assert (mine.min(), mine.max()) == (theirs.min(), theirs.max()), name
+        assert len(np.unique(mine)) == len(np.unique(theirs)), name  # every position of the range
+        assert_same_distribution(mine, theirs, f"{name} of {size}")
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+def test_random_local_boxes_are_distributed_as_the_official_ones(dataset):
+    """The random local boxes: COCO's four (VOCDataset_l2g_sal.box_generation), VOC's two after
+    the corners (VOCDataset_l2g_sal_crop.box_generation, lines 391-393, the same draw)."""
+    section = CONFIG[dataset]["train_l2g"]
+    size, crop, crops = section["input_size"], section["crop_size"], section["num_crops"]
+    corners = section["crop_layout"] == "corners"
+    count = N_DRAWS // crops
+    ours = sample_boxes(count, crops, crop, size, torch.Generator().manual_seed(0), corners=corners)
+    ours = (ours[:, 4:] if corners else ours).reshape(-1, 4).numpy()
+    legacy = np.random.RandomState(0)
+    official = np.concatenate([official_random_boxes(size, crop, crops - 4 if corners else crops, legacy)
+                               for _ in range(count)])
+    assert np.all(ours[:, 2:] - ours[:, :2] == crop)
+    for axis, name in enumerate(("x", "y")):
+        mine, theirs = ours[:, axis], official[:, axis]
+        assert (mine.min(), mine.max()) == (theirs.min(), theirs.max()) == (0, size - crop - 1), name
+        assert_same_distribution(mine, theirs, name)
+
+
+# --------------------------------------------------------------------------- the input pipelines, for given draws
+
+
+def record_draws(monkeypatch, box, jitter_ops):
+    """Make our loader (l2g_core.data.torch_data) take the given draws instead of its own: its
+    crop_box returns `box` and its draw_jitter `jitter_ops`. Returns the list of their calls."""
+    calls = []
+
+    def fake_crop_box(image_size, crop, rng, axes):
+        calls.append(("crop_box", tuple(image_size), crop, axes))
+        return box
+
+    def fake_draw_jitter(strengths, rng):
+        calls.append(("draw_jitter", tuple(strengths)))
+        return jitter_ops
+
+    monkeypatch.setattr(torch_data, "crop_box", fake_crop_box)
+    monkeypatch.setattr(torch_data, "draw_jitter", fake_draw_jitter)
+    return calls
 
 
 def official_voc_sample(rgb, sal, left, top, jitter_ops, stats):
@@ -389,7 +576,9 @@ def official_coco_sample(rgb, sal, jitter_ops):
     return official_jitter_and_tensors(image, sal, jitter_ops, ((0.471, 0.448, 0.408), (0.234, 0.239, 0.242)))
 
 
-def test_voc_loader_is_the_official_one(tmp_path):
+def test_voc_loader_is_the_official_one(tmp_path, monkeypatch):
+    """Our VOC loader, given the draws of the recreated official draw functions, makes the
+    official sample; that its own draws are distributed as those: the tests above."""
     from l2g_core.data.augment import IMAGE_STATS
 
     manifest_path = prepare_tiny_dataset(tmp_path, train=3, size=64)
@@ -404,18 +593,22 @@ def test_voc_loader_is_the_official_one(tmp_path):
     sal = np.asarray(Image.fromarray(sal).resize((96, 64)))
     dataset.layout.load_image = lambda image_id: rgb  # a landscape image: 768 x 512 at short side 512
     dataset.layout.load_saliency = lambda image_id: sal.astype(np.float32) / 255
+    # one sample's official draws: the crop box (python's random), then the jitter (numpy's)
+    box = official_input_crop((768, 512), 448, random.Random(1))
+    ops_ = official_jitter_draws(OFFICIAL_JITTER, np.random.RandomState(6))
+    assert box[1] > 512 - 448  # the top edge drawn over the width: the box runs past the image (black)
+    assert dict(ops_)["hue"] < 0 and ops_[0][0] == "hue"  # a negative shift (wraps in uint8), first
+    calls = record_draws(monkeypatch, box, ops_)
     sample = dataset[1]
-    # the draws our loader made for this sample, in its order: the crop box, then the jitter
-    rng = np.random.default_rng([5, 0, 1])
-    left, top, _, _ = crop_box((768, 512), 448, rng, "official")
-    ops_ = draw_jitter(section["jitter"], rng)
-    assert top > 64 or left <= 64  # official axes: the top edge ranges over the width (0..320)
-    image, saliency = official_voc_sample(rgb, sal, left, top, ops_, IMAGE_STATS["imagenet"])
+    assert calls == [("crop_box", (768, 512), 448, "official"), ("draw_jitter", OFFICIAL_JITTER)]
+    image, saliency = official_voc_sample(rgb, sal, box[0], box[1], ops_, IMAGE_STATS["imagenet"])
     torch.testing.assert_close(sample["image"], image, rtol=0, atol=1e-5)
     torch.testing.assert_close(sample["saliency"], saliency, rtol=0, atol=1e-6)
 
 
-def test_coco_loader_is_the_official_one(tmp_path):
+def test_coco_loader_is_the_official_one(tmp_path, monkeypatch):
+    """Our COCO loader (no crop: the image is warped), given the recreated official jitter draws,
+    makes the official sample."""
     manifest_path = prepare_tiny_dataset(tmp_path, train=3, size=64)
     manifest = yaml.safe_load(manifest_path.read_text())
     section = CONFIG["coco"]["train_l2g"]
@@ -427,8 +620,11 @@ def test_coco_loader_is_the_official_one(tmp_path):
     sal = np.asarray(Image.fromarray(sal).resize((96, 64)))
     dataset.layout.load_image = lambda image_id: rgb  # a landscape image, warped to a square
     dataset.layout.load_saliency = lambda image_id: sal.astype(np.float32) / 255
+    ops_ = official_jitter_draws(OFFICIAL_JITTER, np.random.RandomState(1))  # one sample's official draws
+    assert dict(ops_)["hue"] < 0
+    calls = record_draws(monkeypatch, None, ops_)
     sample = dataset[1]
-    ops_ = draw_jitter(section["jitter"], np.random.default_rng([5, 0, 1]))  # our draws for this sample
+    assert calls == [("draw_jitter", OFFICIAL_JITTER)]  # no crop drawn
     image, saliency = official_coco_sample(rgb, sal, ops_)
     torch.testing.assert_close(sample["image"], image, rtol=0, atol=1e-5)
     torch.testing.assert_close(sample["saliency"], saliency, rtol=0, atol=1e-6)
