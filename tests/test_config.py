@@ -60,7 +60,8 @@ def test_coco_is_the_voc_recipe_plus_its_differences_and_merges_to_its_full_sett
     assert raw["recipe"] == "voc" and "export_cams" not in raw and len(raw["train_l2g"]) < 20
     merged = validate_config(config)["coco"]
     full = load_yaml(REPO / "tests" / "data" / "coco_section_2026-12-01.yaml")
-    assert set(merged) == set(full) | {"recipe"}
+    assert set(merged) == set(full) | {"recipe", "expect"}  # expect: coco's own published figure
+    assert merged["expect"] == raw["expect"]  # never voc's
     for section, settings in full.items():
         if not isinstance(settings, dict):
             assert merged[section] == settings, section
@@ -154,8 +155,11 @@ def test_snakemake_names_an_unset_root_when_the_dataset_is_targeted(tmp_path):
 
 
 def test_one_setting_points_the_pipeline_at_a_voc_copy(tmp_path):
-    root = tmp_path / "VOC2012"
-    root.mkdir()
+    root = tmp_path / "VOC2012"  # a VOC layout: an empty folder is refused (tests/test_preflight.py)
+    for folder in ("JPEGImages", "SegmentationClassAug", "Sal", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    for split in ("train_aug", "train", "val"):
+        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("2007_000001\n")
     config = tiny_config()
     result = run_snakemake(tmp_path / "work", "-n", "--cores", "1", "results/voc/data/manifest.json",
                            "--config", f"datasets={{voc: {{root: {root}}}}}",

@@ -24,7 +24,7 @@ rule make_synthetic:
 
 rule prepare:
     input:
-        synthetic_input,
+        dataset_input,
     output:
         manifest="results/{dataset}/data/manifest.json",
         labels="results/{dataset}/data/labels.json",
