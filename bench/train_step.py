@@ -36,7 +36,11 @@ def pipeline_losses(net_g, net_l, batch, boxes, num_crops):
     """The loss terms of the pipeline's step (train_l2g.l2g_losses, official options)."""
     from l2g_core.stages.train_l2g import l2g_losses
 
-    return l2g_losses(net_g, net_l, batch, boxes, SimpleNamespace(num_crops=num_crops, **OFFICIAL), net_g.stride)
+    # read from the boxes here (the stage takes it from its settings): this step reads its losses
+    # back below anyway, so one more read costs the comparison nothing
+    crop_size = int(boxes[0, 0, 2] - boxes[0, 0, 0])
+    options = SimpleNamespace(num_crops=num_crops, crop_size=crop_size, **OFFICIAL)
+    return l2g_losses(net_g, net_l, batch, boxes, options, net_g.stride)
 
 
 def pipeline_step(net_g, net_l, optimizer, batch, boxes, num_crops, autocast=None):
@@ -53,8 +57,9 @@ def vectorised_crops(local_cams, batch, boxes, num_crops):
 
     from l2g_core.l2g import boxes_to_rois, crop_batch
 
-    crops = crop_batch(batch["image"], boxes)
-    sal = F.interpolate(crop_batch(batch["saliency"], boxes), size=local_cams.shape[-2:])
+    crop_size = int(boxes[0, 0, 2] - boxes[0, 0, 0])
+    crops = crop_batch(batch["image"], boxes, crop_size)
+    sal = F.interpolate(crop_batch(batch["saliency"], boxes, crop_size), size=local_cams.shape[-2:])
     return crops, sal, batch["label"].repeat_interleave(num_crops, dim=0), boxes_to_rois(boxes)
 
 

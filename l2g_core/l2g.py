@@ -34,12 +34,15 @@ def sample_boxes(num_images, num_crops, crop_size, image_size, generator=None, *
     return torch.cat([top_left, top_left + crop_size], dim=-1)
 
 
-def crop_batch(images, boxes):
-    """Cut every box out of its image without a Python loop: (B, K, H, W), (B, N, 4) -> (B*N, K, c, c)."""
+def crop_batch(images, boxes, crop_size):
+    """Cut every box out of its image without a Python loop: (B, K, H, W), (B, N, 4) -> (B*N, K, c, c).
+
+    Every box is `crop_size` pixels square (sample_boxes). The size is given, not read from the
+    boxes: on a GPU that read would make the host wait for the device at every step. `boxes`
+    must be on the images' device (l2g_core.runtime.to_device)."""
     num_images, num_crops, _ = boxes.shape
-    crop = int(boxes[0, 0, 2] - boxes[0, 0, 0])
-    offsets = torch.arange(crop, device=images.device)
-    flat = boxes.reshape(-1, 4).to(images.device)
+    offsets = torch.arange(crop_size, device=images.device)
+    flat = boxes.reshape(-1, 4)
     rows = flat[:, 1, None] + offsets  # (M, c)
     cols = flat[:, 0, None] + offsets
     owner = torch.arange(num_images, device=images.device).repeat_interleave(num_crops)

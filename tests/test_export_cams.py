@@ -125,6 +125,6 @@ def test_bf16_export_is_the_fp32_export_within_tolerance(trained):
     root, manifest, model = trained
     fp32, bf16 = root / "fp32", root / "bf16"
     assert _export(manifest, model, fp32, "--device", "cuda", "--workers", "2") == 0
-    assert _export(manifest, model, bf16, "--device", "cuda", "--workers", "2", "--amp") == 0
+    assert _export(manifest, model, bf16, "--device", "cuda", "--workers", "2", "--precision", "bf16") == 0
     errors = [np.abs(load_cams(fp32 / p.name)[0] - load_cams(p)[0]).max() for p in bf16.glob("*.npz")]
     assert len(errors) == 10 and max(errors) <= 0.05, errors

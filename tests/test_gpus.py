@@ -116,12 +116,42 @@ def test_devices_from_nvidia_smi_or_none(tmp_path):
     assert gpus.visible_devices({"PATH": str(tmp_path)}) == (["0", "1"], "nvidia-smi -L")
 
 
-def test_lock_folder_per_user_and_per_slurm_allocation(tmp_path):
-    assert gpus.lock_dir({}) == Path(f"/tmp/l2g-gpu-locks-{os.getuid()}")
-    assert gpus.lock_dir({"SLURM_JOB_ID": "4242"}) == Path(f"/tmp/l2g-gpu-locks-{os.getuid()}-4242")
+def test_lock_folder_shared_by_every_user_and_per_slurm_allocation(tmp_path):
+    # per user, two users' jobs on one box would both take GPU 0
+    assert gpus.lock_dir({}) == Path("/tmp/l2g-gpu-locks")
+    assert gpus.lock_dir({"SLURM_JOB_ID": "4242"}) == Path("/tmp/l2g-gpu-locks-4242")
     assert gpus.lock_dir({gpus.LOCK_DIR_ENV: str(tmp_path / "l")}) == tmp_path / "l"
     assert gpus.lock_dir({gpus.LOCK_DIR_ENV: str(tmp_path / "l"), "SLURM_JOB_ID": "7"}) == tmp_path / "l-7"
     assert gpus.lock_path(tmp_path, "MIG-GPU-ab/1/0").name == "gpu-MIG-GPU-ab_1_0.lock"
+
+
+def test_the_lock_folder_and_files_are_open_to_every_user(tmp_path):
+    old = os.umask(0o077)  # the strictest usual umask: the modes are set after creation
+    try:
+        with gpus.try_claim(["0", "1"], 2, tmp_path / "locks") as claimed:
+            assert claimed.devices == ["0", "1"]
+    finally:
+        os.umask(old)
+    assert (tmp_path / "locks").stat().st_mode & 0o7777 == 0o1777  # as /tmp: sticky, writable by all
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "locks").iterdir()} == \
+        {"gpu-0.lock": 0o666, "gpu-1.lock": 0o666, "gpu-0.busy": 0o666, "gpu-1.busy": 0o666}
+
+
+def test_claims_work_where_flock_is_emulated_with_fcntl_locks(tmp_path, monkeypatch):
+    # NFS clients emulate flock with fcntl byte-range locks, and an exclusive one needs the file
+    # open for writing (a read-only descriptor gets EBADF)
+    import fcntl
+
+    monkeypatch.setattr(gpus.fcntl, "flock", lambda fd, operation: fcntl.lockf(fd, operation))
+    with gpus.try_claim(["0"], 1, tmp_path) as claimed:
+        assert claimed.devices == ["0"]
+
+
+def test_the_default_wait_is_bounded(tmp_path):
+    assert gpus.wait_timeout({}) == gpus.DEFAULT_WAIT_SECONDS == 7200
+    assert gpus.wait_timeout({gpus.WAIT_ENV: "30"}) == 30 and gpus.wait_timeout({gpus.WAIT_ENV: "inf"}) == float("inf")
+    with pytest.raises(L2GError, match=r"^L2G_GPU_WAIT_TIMEOUT='soon': expected seconds"):
+        gpus.wait_timeout({gpus.WAIT_ENV: "soon"})
 
 
 def test_claims_in_one_process_are_all_or_nothing(tmp_path):
@@ -183,6 +213,23 @@ def test_claim_lasts_while_the_child_outlives_a_killed_wrapper(tmp_path, jobs):
     os.kill(child_pid, signal.SIGKILL)
     result = show_claimed(tmp_path, env, "--count", "1", "--wait-timeout", "5")
     assert (result.returncode, result.stdout) == (0, "0\n")
+
+
+def test_a_waiting_claim_says_what_holds_the_devices_and_gives_up(tmp_path, jobs):
+    start, claimed, release = jobs
+    env = gpu_env(tmp_path, fake=1)
+    a = start("a", env=env)
+    _, child = claimed("a")
+    # no --wait-timeout: the default (here from the environment, as a workflow job gets it)
+    held = with_gpus(tmp_path, "--count", "1", "--", "true", env=dict(env, L2G_GPU_WAIT_TIMEOUT="1"))
+    assert held.returncode == 1
+    waiting, error = held.stderr.splitlines()
+    holder = rf"GPU 0: pid {a.pid} of \S+ since [-0-9]+ [:0-9]+: sh -c .*a\.out.*a\.go.*"
+    assert re.fullmatch(rf"l2g with-gpus: waiting for 1 free GPU\(s\) of 0 \(at most 1 s\); held: {holder} "
+                        rf"\(lock folder .*\) \.\.\.", waiting), waiting
+    assert re.fullmatch(rf"l2g with-gpus: error: no 1 free GPU\(s\) of 0 after waiting 1 s; held: {holder} "
+                        rf"\(lock folder .*\)", error), error
+    release("a", a)
 
 
 def test_two_gpu_job_gets_two_distinct_free_devices(tmp_path, jobs):
@@ -273,6 +320,99 @@ def test_ddp_launches_one_process_per_claimed_device(tmp_path):
     assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1
 
 
+def alive(pid):
+    """True while `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_ddp_ranks_die_with_torchrun_and_hold_the_devices_until_then(tmp_path):
+    # each rank is `l2g with-gpus --count 0 -- sh ...` under torchrun: an l2g process like a
+    # stage's rank; its sh child writes the rank's pid and waits
+    rank = 'echo $PPID > rank-$LOCAL_RANK.pid; while [ ! -e go ]; do sleep 0.05; done'
+    env = gpu_env(tmp_path)
+    wrapper = subprocess.Popen([L2G, "with-gpus", "--count", "2", "--ddp", "--", "l2g", "with-gpus", "--count", "0",
+                                "--", "sh", "-c", rank], cwd=tmp_path, env=env, stderr=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        pid_files = [tmp_path / f"rank-{r}.pid" for r in (0, 1)]
+        wait_for(lambda: all(p.exists() and p.read_text().strip() for p in pid_files), timeout=60, what="the ranks")
+        ranks = [int(p.read_text()) for p in pid_files]
+        torchrun = int(Path(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children").read_text().split()[0])
+        assert all(alive(pid) for pid in ranks)
+        held = with_gpus(tmp_path, "--count", "1", "--wait-timeout", "0.5", "--", "true", env=env)
+        assert held.returncode == 1 and "held: GPU 0: pid" in held.stderr
+
+        os.kill(wrapper.pid, signal.SIGKILL)  # the wrapper and torchrun, as a scheduler's kill -9 would
+        os.kill(torchrun, signal.SIGKILL)
+        wrapper.wait()
+        wait_for(lambda: not any(alive(pid) for pid in ranks), timeout=15, what="the ranks to die with torchrun")
+        # the next claim gets both devices, and no rank ran when it got them
+        check = " ".join(f"$(test -d /proc/{pid} && grep -q '^State:.*Z' /proc/{pid}/status && echo gone "
+                         f"|| (test -d /proc/{pid} && echo alive || echo gone))" for pid in ranks)
+        result = with_gpus(tmp_path, "--count", "2", "--wait-timeout", "10", "--", "sh", "-c",
+                           f'echo "$CUDA_VISIBLE_DEVICES {check}"', env=env)
+        assert (result.returncode, result.stdout) == (0, "0,1 gone gone\n"), result.stderr
+    finally:
+        (tmp_path / "go").touch()  # ends the ranks' sh children, orphans in sessions of their own
+        try:
+            os.killpg(wrapper.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wrapper.wait()
+
+
+def test_a_rank_of_an_ended_job_keeps_its_devices_until_it_ends(tmp_path, jobs):
+    # a rank holds the claim beside the job (gpus.join_claim): killed wrapper and child free the
+    # device only once the rank is gone too
+    start, claimed, _ = jobs
+    env = gpu_env(tmp_path, fake=1)
+    a = start("a", env=env)
+    claimed("a")
+    rank_code = ("import sys, time; from l2g_core import gpus; gpus.join_claim(); print('holding', flush=True); "
+                 "sys.stdin.read()")
+    rank = subprocess.Popen([sys.executable, "-c", rank_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=dict(env, LOCAL_RANK="0", L2G_GPU_CLAIM=str(tmp_path / "locks"),
+                                                CUDA_VISIBLE_DEVICES="0"))
+    try:
+        assert rank.stdout.readline() == "holding\n"
+        os.killpg(a.pid, signal.SIGKILL)  # the job's wrapper and child; the rank (not its child) runs on
+        a.wait()
+        held = with_gpus(tmp_path, "--count", "1", "--wait-timeout", "0.5", "--", "true", env=env)
+        assert held.returncode == 1
+        assert held.stderr.splitlines()[-1].endswith(
+            f"held: GPU 0: DDP ranks of an ended job still run (lock folder {tmp_path / 'locks'})")
+    finally:
+        rank.kill()
+        rank.wait()
+    result = show_claimed(tmp_path, env, "--count", "1", "--wait-timeout", "5")
+    assert (result.returncode, result.stdout) == (0, "0\n")
+
+
+def test_a_rank_started_after_its_job_ended_stops(tmp_path):
+    # torchrun killed before its rank armed the death signal: the claim is free, the rank stops
+    env = dict(gpu_env(tmp_path), LOCAL_RANK="0", L2G_GPU_CLAIM=str(tmp_path / "locks"), CUDA_VISIBLE_DEVICES="0")
+    with gpus.try_claim(["0"], 1, tmp_path / "locks"):
+        held = subprocess.run([L2G, "--version"], env=env, capture_output=True, text=True, timeout=60)
+    assert (held.returncode, held.stdout) == (0, "l2g 0.1.0\n")  # while its job holds the claim, it runs
+    late = subprocess.run([L2G, "--version"], env=env, capture_output=True, text=True, timeout=60)
+    assert late.returncode == 1 and late.stdout == ""
+    assert late.stderr == "l2g: the job of this DDP rank has ended (GPU 0 is no longer claimed); stopping\n"
+
+
+def test_ddp_ranks_share_the_jobs_threads(tmp_path):
+    env = gpu_env(tmp_path, OMP_NUM_THREADS="8")
+    result = with_gpus(tmp_path, "--count", "2", "--ddp", "--", "l2g", "with-gpus", "--count", "0", "--",
+                       "sh", "-c", "echo $OMP_NUM_THREADS", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["4", "4"]  # 2 ranks x 4 threads on the job's 8
+    one = with_gpus(tmp_path, "--count", "1", "--ddp", "--", "l2g", "with-gpus", "--count", "0", "--",
+                    "sh", "-c", "echo $OMP_NUM_THREADS", env=env)
+    assert one.stdout == "8\n"
+
+
 @pytest.mark.parametrize("gpu_slots", [2, 4])  # 4: Snakemake over-commits and the claims make jobs wait
 def test_snakemake_jobs_never_share_a_device(tmp_path, gpu_slots):
     rules = "rule all:\n    input: expand('out/{i}.txt', i=range(4))\n"
@@ -333,3 +473,22 @@ def test_shipped_voc_jobs_keep_two_gpus_busy_with_8_cores(tmp_path):
     assert sorted(claimed.values()) == ["0", "1"], claimed
     # a GPU job's loader gets its threads less one (the voc default of 4 threads)
     assert re.search(r"l2g train-l2g .* --workers 3 ", output)
+
+
+def test_a_ddp_jobs_loader_workers_share_its_threads(tmp_path):
+    # a 2-GPU training job of 8 threads runs 2 processes of 4 threads (l2g with-gpus splits
+    # OMP_NUM_THREADS): each loader gets 4 - 1 workers, not 8 - 1; CAM export is one process
+    config = tiny_config()
+    config["datasets"]["demo"]["jobs"].update(
+        threads={"default": 4, "train_l2g": 8, "export_cams": 8},
+        gpu={"default": 0, "train_cls": 1, "train_l2g": 2, "export_cams": 2})
+    result = run_snakemake(tmp_path, "-n", "-p", "--cores", "8", "--resources", "gpu=2", "--",
+                           "results/demo/cams/manifest.json", config=config)
+    lines = result.stdout.splitlines()
+
+    def command(stage):
+        return next(line for line in lines if f"l2g {stage} " in line)
+    assert "OMP_NUM_THREADS=8 l2g with-gpus --count 2 --ddp -- l2g train-l2g" in command("train-l2g")
+    assert " --workers 3 " in command("train-l2g")
+    assert " --workers 3 " in command("train-cls")  # 1 GPU, 4 threads
+    assert " --workers 7 " in command("export-cams")

@@ -54,7 +54,7 @@ def test_crops_equal_slices_of_their_images():
     images = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
     boxes = sample_boxes(2, 3, 8, 16, torch.Generator().manual_seed(1))
     assert boxes.shape == (2, 3, 4) and torch.all(boxes[..., 2:] - boxes[..., :2] == 8)
-    crops = crop_batch(images, boxes)
+    crops = crop_batch(images, boxes, 8)
     for b in range(2):
         for n in range(3):
             x1, y1, x2, y2 = boxes[b, n].tolist()
@@ -114,9 +114,9 @@ def test_l2g_loss_falls_when_a_tiny_batch_is_overfitted():
     optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     losses = []
     for _ in range(25):
-        out_g, out_l = global_net(images), local_net(crop_batch(images, boxes))
+        out_g, out_l = global_net(images), local_net(crop_batch(images, boxes, 32))
         size = out_l["cams"].shape[-2:]
-        sal = torch.nn.functional.interpolate(crop_batch(saliency, boxes), size=size, mode="area")
+        sal = torch.nn.functional.interpolate(crop_batch(saliency, boxes, 32), size=size, mode="area")
         crop_labels = labels.repeat_interleave(2, dim=0)
         targets = local_targets(out_l["cams"].detach(), crop_labels, sal)
         kd = 10 * transfer_loss(align_global(out_g["cams"], boxes, size, 8), targets)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, REPO, tiny_config
+from conftest import BIN, REPO, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.slow  # a SLURM cluster and the demo chain through it
 
@@ -106,6 +106,89 @@ def test_every_job_asks_for_one_node():
     call = get_submit_command(job, {"run_uuid": "run", "slurm_logfile": "log", "comment_str": "rule train_l2g",
                                     "account": "", "partition": "", "workdir": "."})
     assert " --nodes=1" in call
+
+
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _planned_resources(workdir, slurm):
+    """{rule: resources} of the jobs of a dry run of the demo chain to its CAMs with `slurm` as
+    the profile's `config:` block passes it (through Snakemake's own profile and --config
+    parsers), train_l2g given 2 GPUs and train_cls 1, the other rules none."""
+    from snakemake.cli import parse_config
+    from snakemake.profiles import ProfileConfigFileParser
+
+    profile = PROFILE / "config.yaml"
+    entries = ProfileConfigFileParser().parse(profile.open())["config"]
+    shipped = parse_config(entries)
+    assert shipped == {"slurm": {"partition": "", "gpu_partition": "", "account": "", "gpu_account": "", "gres": ""}}
+    config = tiny_config()
+    config["datasets"]["demo"]["jobs"]["gpu"] = {"default": 0, "train_cls": 1, "train_l2g": 2}
+    config["slurm"] = dict(shipped["slurm"], **slurm)
+    dry = run_snakemake(workdir, "-n", "-p", "--cores", "8", "--", "results/demo/cams/manifest.json", config=config)
+    planned, commands = {}, {}
+    for block in dry.stdout.split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        resources = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if rule and resources:
+            values = dict(item.split("=", 1) for item in resources.group(1).split(", "))
+            defaults = yaml.safe_load((PROFILE / "config.yaml").read_text())["default-resources"]
+            planned[rule.group(1)] = _Resources(defaults, **{k: int(v) if v.isdigit() else v  # the rule's win
+                                                             for k, v in values.items()})
+            planned[rule.group(1)]["cpus_per_task"] = 8  # `threads`, as evaluated
+            shell = re.search(r"^Shell command: (.*)$", block, re.M)
+            commands[rule.group(1)] = shell.group(1) if shell else ""
+    return planned, commands
+
+
+def _sbatch(resources, monkeypatch):
+    """The sbatch command line the SLURM executor plugin builds for a job with these resources
+    (its partition and account choice, get_submit_command and set_gres_string; no cluster asked)."""
+    from types import SimpleNamespace
+
+    import snakemake_executor_plugin_slurm as plugin
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    monkeypatch.setattr(plugin, "validate_account", lambda account, logger: account)
+    job = SimpleNamespace(resources=resources, threads=8, is_group=lambda: False)
+    # the executor's own choice, with no partition file and no cluster to ask for a default
+    executor = SimpleNamespace(_partitions=None, _fallback_partition="", _fallback_account_arg="", logger=None)
+    params = {"run_uuid": "run", "slurm_logfile": "log", "comment_str": "rule", "workdir": ".",
+              "account": next(plugin.Executor.get_account_arg(executor, job)),
+              "partition": plugin.Executor.get_partition_arg(executor, job)}
+    return get_submit_command(job, params) + set_gres_string(job)
+
+
+def test_gpu_jobs_go_to_the_gpu_partition_and_account(tmp_path, monkeypatch):
+    planned, commands = _planned_resources(tmp_path, {"partition": "cpu", "gpu_partition": "gpu",
+                                                      "account": "lab", "gpu_account": "lab-gpu"})
+    l2g, cls, prepare = (_sbatch(planned[rule], monkeypatch) for rule in ("train_l2g", "train_cls", "prepare"))
+    assert " -p gpu " in l2g and " -A lab-gpu " in l2g and " --gpus=2" in l2g and "--gres" not in l2g
+    assert " -p gpu " in cls and " -A lab-gpu " in cls and " --gpus=1" in cls
+    assert " -p cpu " in prepare and " -A lab " in prepare and "--gpus" not in prepare
+    assert "with-gpus --count 2 --ddp" in commands["train_l2g"]
+    # the shipped, empty block changes nothing: the cluster's default partition, the plugin's account guess
+    planned, _ = _planned_resources(tmp_path / "shipped", {})
+    l2g = _sbatch(planned["train_l2g"], monkeypatch)
+    assert "slurm_partition" not in planned["train_l2g"] and " -p " not in l2g and " -A " not in l2g
+    assert l2g.endswith(" --gpus=2")
+
+
+def test_the_gres_form_replaces_gpus(tmp_path, monkeypatch):
+    # SLURM rejects --gres and --gpus together: the gres form sends --gres=TYPE:N alone
+    planned, commands = _planned_resources(tmp_path, {"gpu_partition": "gpu", "gres": "gpu:a100"})
+    l2g, cls, prepare = (_sbatch(planned[rule], monkeypatch) for rule in ("train_l2g", "train_cls", "prepare"))
+    assert l2g.endswith(" --gres=gpu:a100:2") and "--gpus" not in l2g and " -p gpu " in l2g
+    assert cls.endswith(" --gres=gpu:a100:1") and "--gpus" not in cls
+    assert "--gres" not in prepare and "--gpus" not in prepare and " -p " not in prepare
+    assert " --nodes=1" in l2g and " --ntasks" not in l2g  # still a GPU job to the plugin: one node
+    # the job still claims its GPUs and splits its threads over them
+    assert "OMP_NUM_THREADS=2 l2g with-gpus --count 2 --ddp -- l2g train-l2g" in commands["train_l2g"]
+    assert "l2g with-gpus --count 1 --ddp -- l2g train-cls" in commands["train_cls"]
+    assert "l2g with-gpus --count 0 -- l2g export-cams" in commands["export_cams"]
+    assert " --workers 0 " in commands["train_l2g"]  # 2 threads over 2 GPUs: 1 each, none to spare
 
 
 def test_slurm_profile_runs_every_stage_as_a_slurm_job(slurm_partition, tmp_path):

@@ -246,7 +246,7 @@ def _count_gradient_reductions(rank, port, out_dir):
 
 def test_accumulated_micro_steps_skip_the_gradient_all_reduce(tmp_path):
     """no_sync on all but the last micro-step: one all-reduce per update, not one per micro-step.
-    Each process seeds its global RNGs (dropout) with seed + rank."""
+    Each process seeds its global RNGs (dropout) from (seed, rank, epoch)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -254,7 +254,20 @@ def test_accumulated_micro_steps_skip_the_gradient_all_reduce(tmp_path):
     # 16 items, global batch 2 (1 per process), 2 micro-steps per update: 8 micro-steps, 4 updates
     assert [(tmp_path / f"reductions-{rank}").read_text() for rank in (0, 1)] == \
         [f"4 {{{epoch_seed(0, 0, 0)}}}", f"4 {{{epoch_seed(0, 0, 1)}}}"]
-    assert epoch_seed(0, 0, 1) == epoch_seed(1, 0, 0) != epoch_seed(0, 0, 0)  # seed + rank
+
+
+def test_every_seed_rank_and_epoch_has_a_stream_of_its_own():
+    # the old (seed + rank) * K + epoch made rank 1 of seed 0 the rank 0 of seed 1 (and epoch K of
+    # a rank the epoch 0 of the next); seeds past 32 bits must not meet small ones either
+    seeds = [0, 1, 2, 3, 7, 2**32, 2**32 + 1, 2**40]
+    triples = [(seed, epoch, rank) for seed in seeds for epoch in (0, 1, 2, 1_000_003) for rank in range(8)]
+    assert len({epoch_seed(*triple) for triple in triples}) == len(triples)
+    assert epoch_seed(0, 0, 1) != epoch_seed(1, 0, 0)
+    assert epoch_seed(5, 3, 2) == epoch_seed(5, 3, 2) < 2**64  # a function of the triple, a torch seed
+    # and the streams themselves differ from the first draw on
+    firsts = {tuple(torch.rand(4, generator=torch.Generator().manual_seed(epoch_seed(seed, 0, rank))).tolist())
+              for seed in range(4) for rank in range(4)}
+    assert len(firsts) == 16
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_one_line():
@@ -268,5 +281,5 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_one_line():
 def test_stage1_on_cuda_with_amp(manifest, tmp_path):
     out = tmp_path / "model.pt"
     result = subprocess.run(_l2g("train-cls", "--manifest", str(manifest), "--out", str(out), "--epochs", "1",
-                                 "--device", "cuda", "--amp", *CLS_OPTIONS), capture_output=True, text=True)
+                                 "--device", "cuda", "--precision", "bf16", *CLS_OPTIONS), capture_output=True, text=True)
     assert result.returncode == 0 and "GPU cuda:0" in result.stdout

@@ -77,5 +77,6 @@ def run(args):
     files = dict(tqdm(bounded_map(work, views, workers), total=len(ids), desc="predict-seg", unit="img",
                       mininterval=2.0))
     write_manifest(own_manifest, stage="predict-seg", shard=shard, ids=ids, files=files, settings={
-        "model": str(Path(args.model).resolve()), "split": args.split, "scales": args.scales, "flip": args.flip})
+        "model": str(Path(args.model).resolve()), "split": args.split, "scales": args.scales, "flip": args.flip,
+        "precision": runtime.applied_precision})
     print(f"wrote the logits of {len(ids)} images to {out}")

@@ -49,5 +49,5 @@ def run(args):
     trainer.fit(step)
     if runtime.is_main:
         save_classifier(args.out, model, stage="cls", class_names=manifest["class_names"],
-                        settings={**describe, **vars(settings)})
+                        settings={**describe, **vars(settings), "precision_applied": runtime.applied_precision})
         print(f"wrote {args.out}")

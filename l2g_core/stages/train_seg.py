@@ -118,6 +118,6 @@ def run(args):
     trainer.fit(step)
     if runtime.is_main:
         save_segmenter(args.out, model, class_names=manifest["class_names"],
-                       settings={**describe, **vars(settings)},
+                       settings={**describe, **vars(settings), "precision_applied": runtime.applied_precision},
                        trained_on={"dataset": manifest["name"], "split": "train", "labels": labels})
         print(f"wrote {args.out}")

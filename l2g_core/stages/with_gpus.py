@@ -5,15 +5,19 @@
 Snakemake's `gpu` resource only counts devices; this wrapper, in a GPU rule's shell line, picks
 them. It claims N distinct devices among those visible (l2g_core.gpus: CUDA_VISIBLE_DEVICES as a
 scheduler such as SLURM set it, else L2G_FAKE_GPUS, else nvidia-smi), waiting while other jobs
-hold them, and runs COMMAND as its child with CUDA_VISIBLE_DEVICES set to exactly those, in the
-same working directory and otherwise the same environment. The claim (flock-ed lock files, passed
-to the child as open descriptors) lasts while the wrapper or the child lives and ends with the
-last of them, however it ends. SIGTERM and SIGINT are forwarded to the child; the wrapper exits
-with the child's status (128 + signal for a child killed by a signal).
+hold them (at most --wait-timeout seconds, saying what holds them), and runs COMMAND as its child
+with CUDA_VISIBLE_DEVICES set to exactly those, in the same working directory and otherwise the
+same environment. The claim (flock-ed lock files, passed to the child as open descriptors) lasts
+while the wrapper or the child lives and ends with the last of them, however it ends. SIGTERM and
+SIGINT are forwarded to the child; the wrapper exits with the child's status (128 + signal for a
+child killed by a signal).
 
 N = 0 runs COMMAND with CUDA_VISIBLE_DEVICES="" (on the CPU). With --ddp and N > 1, COMMAND
 `l2g STAGE ...` becomes `torchrun --standalone --nproc_per_node N -m l2g_core.cli STAGE ...`: one
-process per device, each on cuda:LOCAL_RANK (l2g_core.runtime).
+process per device, each on cuda:LOCAL_RANK (l2g_core.runtime). The job's CPU threads
+(OMP_NUM_THREADS, its Snakemake `threads`) are split over the N processes, and each rank holds
+the claim too and dies with torchrun (l2g_core.gpus.join_claim), so the devices stay claimed until
+its last process has ended.
 """
 
 import argparse
@@ -34,12 +38,13 @@ def configure(parser):
     parser.add_argument("--ddp", action="store_true",
                         help="with N > 1, run COMMAND (l2g STAGE ...) as N DDP processes under torchrun")
     parser.add_argument("--wait-timeout", type=float, default=None, metavar="S",
-                        help="give up after S seconds of waiting for free GPUs (default: wait forever)")
+                        help=f"give up after S seconds of waiting for free GPUs (default {gpus.WAIT_ENV}, else "
+                             f"{gpus.DEFAULT_WAIT_SECONDS:g} s; inf: wait forever)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
                         help="the command to run, after --")
     parser.epilog = (f"Devices: CUDA_VISIBLE_DEVICES if set, else {gpus.FAKE_ENV}=N (pretend N devices), else "
-                     f"nvidia-smi -L. Claims: lock files in {gpus.LOCK_DIR_ENV}, else /tmp/l2g-gpu-locks-UID "
-                     "(plus -SLURM_JOB_ID under SLURM).")
+                     f"nvidia-smi -L. Claims: lock files in {gpus.LOCK_DIR_ENV}, else {gpus.DEFAULT_LOCK_DIR}, "
+                     "shared by every user (plus -SLURM_JOB_ID under SLURM).")
 
 
 def say(message):
@@ -57,6 +62,15 @@ def ddp_command(command, nproc, python=None):
     torchrun = Path(python).parent / "torchrun"  # not resolved: a venv's python is a symlink
     launcher = [str(torchrun)] if torchrun.exists() else [python, "-m", "torch.distributed.run"]
     return [*launcher, "--standalone", "--nproc_per_node", str(nproc), "-m", "l2g_core.cli", *command[1:]]
+
+
+def split_threads(env, processes):
+    """OMP_NUM_THREADS (the job's threads) shared out over its DDP processes: each rank gets its
+    part, so that a 2-GPU job of 8 threads runs 2 x 4 threads, not 2 x 8 on 8 cores. Unset, it is
+    left to torchrun (1 per process)."""
+    value = env.get("OMP_NUM_THREADS", "")
+    if value.strip().isdigit():
+        env["OMP_NUM_THREADS"] = str(max(1, int(value) // processes))
 
 
 def terminal_delivers_sigint():
@@ -117,14 +131,17 @@ def run(args):
         raise L2GError("no COMMAND given: l2g with-gpus --count N -- COMMAND [ARGS...]")
     if args.count < 0:
         raise L2GError(f"--count {args.count}: expected 0 or more GPUs")
-    if args.wait_timeout is not None and args.wait_timeout < 0:
-        raise L2GError(f"--wait-timeout {args.wait_timeout:g}: expected 0 or more seconds")
+    if args.wait_timeout is not None and not args.wait_timeout >= 0:
+        raise L2GError(f"--wait-timeout {args.wait_timeout:g}: expected 0 or more seconds (or inf)")
+    wait_timeout = gpus.wait_timeout() if args.wait_timeout is None else args.wait_timeout
+    holder = shlex.join(command)  # written into the lock files: what a waiting job says holds them
+    # CUDA numbers devices fastest first by default; nvidia-smi, SLURM and the claims use PCI order
+    env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID")
     if args.ddp:
         distributed = ddp_command(command, args.count)  # checks COMMAND even when N <= 1
         if args.count > 1:
             command = distributed
-    # CUDA numbers devices fastest first by default; nvidia-smi, SLURM and the claims use PCI order
-    env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID")
+            split_threads(env, args.count)
     if args.count == 0:
         say(f"no GPU requested: {shlex.join(command)} runs on the CPU")
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -133,10 +150,12 @@ def run(args):
         devices, source = gpus.visible_devices()
         if args.count > len(devices):
             raise L2GError(f"--count {args.count}: only {len(devices)} GPU(s) visible ({source})")
-        with gpus.claim(devices, args.count, gpus.lock_dir(), args.wait_timeout, on_wait=say) as claimed:
+        directory = gpus.lock_dir()
+        with gpus.claim(devices, args.count, directory, wait_timeout, on_wait=say, holder=holder) as claimed:
             say(f"claimed GPU(s) {','.join(claimed.devices)} of {','.join(devices)}"
                 + (f"; {args.count} DDP processes under torchrun" if args.ddp and args.count > 1 else ""))
             env["CUDA_VISIBLE_DEVICES"] = ",".join(claimed.devices)
+            env[gpus.CLAIM_ENV] = str(directory)  # DDP ranks hold the claim too (gpus.join_claim)
             code = run_child(command, env, claimed.fds)
     if code:
         raise SystemExit(code)

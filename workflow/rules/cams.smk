@@ -1,5 +1,6 @@
 # CAMs of the classifiers on the train split, each exported in shards and scored over background
-# thresholds (miou.json; miou_train_subset.json on splits.train_subset, where it is set):
+# thresholds (miou.json; miou_train_subset.json on splits.train_subset, where it is set), each score
+# judged against the ranges the config's expect: gives it (cams, cams_train_subset, ...):
 #   cls_cams      stage 1 (the plain-CAM baseline)
 #   control_cams  stage 1 trained on without the transfer loss, as long as L2G trains
 #   cams          the L2G global network
@@ -14,7 +15,7 @@ rule export_cams:
     wildcard_constraints:
         cams=one_of(CAM_MODELS),
     params:
-        workers=loader_workers,
+        workers=export_workers,
         options=stage_flags("export_cams"),
     conda:
         CONDA_ENV
@@ -44,6 +45,7 @@ rule evaluate_cams:
         split=scored_split,
         pred=folder_of("cams"),
         options=lambda wc: cli_flags(settings(wc.dataset).get("evaluate_cams") or {}),
+        expect=expect_flags(lambda wc: f"{wc.cams}{wc.part}"),
     conda:
         CONDA_ENV
     log:
@@ -55,5 +57,5 @@ rule evaluate_cams:
         **job_resources("evaluate_cams"),
     shell:
         "l2g evaluate --manifest {input.manifest} --split {params.split} --kind cam {params.options}"
-        " --pred {params.pred} --out {output.metrics}"
+        " --pred {params.pred} --out {output.metrics} {params.expect}"
         " --workers {threads} > {log} 2>&1"
