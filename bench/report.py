@@ -9,6 +9,7 @@ TITLES = {
     "e2e": "6. End to end (demo)",
     "cam_storage": "7. CAM files at VOC size",
     "loader": "8. Data loaders against a GPU's appetite",
+    "gpu_input": "8b. GPU input path (decode: gpu)",
     "makespan": "9. Two GPUs busy (makespan)",
     "gpu": "10. GPU check (python -m bench --gpu)",
 }
@@ -72,6 +73,18 @@ METHOD = {
         "(A100 312, H100/H200 989 TFLOP/s), from the FLOPs of one training sample counted by torch's "
         "`FlopCounterMode` on the meta device (forward and backward; ResNet-38 + PCM at 448; L2G adds the local "
         "network on 6 crops of 320; DeepLab-v2 ResNet-101 MSC at 321), and the workers that takes."),
+    "gpu_input": (
+        "The classifier and L2G inputs of item 8 (voc recipe: short side 512, 448 crop, official jitter; L2G "
+        "adds the saliency crop) on the same VOC-sized JPEGs, made by the CPU path (`decode: cpu`: one loader "
+        "worker decodes and augments with PIL) and by the GPU path (`decode: gpu`: the worker only reads the "
+        "file bytes and the saliency PNG and draws the sample's random numbers; the training process decodes "
+        "the batch with `torchvision.io.decode_jpeg` on the device and augments it with batched tensor ops, "
+        "`l2g_core/data/gpu_augment.py`), in batches of the recipe's sizes (classifier 8, L2G 3), one torch "
+        "thread. Samples/s per CPU core: the CPU path's worker rate; for the GPU path 1 / (the worker's "
+        "seconds per sample + the training process's CPU seconds per sample in `device_batch`). Without CUDA "
+        "the device step runs on the CPU device (one thread), which is the figure reported; on CUDA it costs "
+        "the host only kernel launches (the GPU check measures that: `python -m bench --gpu`). The check: on "
+        "the CPU device both paths make the same samples bit for bit (tests/test_gpu_augment.py)."),
     "makespan": (
         "The demo workflow shrunk (64 px, a few epochs) with the voc section's `jobs` (4 threads per GPU job), "
         "`snakemake results/demo/miou.json --cores 8 --resources gpu=2` with `L2G_FAKE_GPUS=2` (claims, "
@@ -80,12 +93,26 @@ METHOD = {
         "of GPU jobs running while any does (2.00: both GPUs always busy). Not in `--quick` (a whole "
         "workflow run); tests/test_gpus.py checks the overlap."),
     "gpu": (
-        "Runs only on a CUDA device (`python -m bench --gpu`): the L2G training step of the voc architecture "
-        "(ResNet-38 + PCM, batch 3 at 448, 6 crops of 320) in bf16 with channels-last, its model FLOP "
-        "utilisation against the device's dense bf16 peak; CAM export images/s of ResNet-38 on VOC-sized "
-        "images in fp32 and bf16 and their largest CAM difference; the export computation and the training "
-        "step under `torch.cuda.set_sync_debug_mode(\"error\")`; `l2g with-gpus --count 1 --ddp -- l2g "
-        "train-cls --device cuda`; and the CUDA tests the CPU suite skips."),
+        "Runs only on a CUDA device (`python -m bench --gpu`, under 8 minutes; it adds its results to "
+        "`bench/results.json` and its section here, the CPU items stay). Every part runs in the configuration "
+        "the stages run in: the runtime set up as the stage sets it up (precision switches; cuDNN's kernel "
+        "search for training only), the Trainer's channels-last models, optimizer groups and autocast, the "
+        "layers the recipes freeze (BatchNorm and stem). (1) The L2G update of the voc recipe (ResNet-38 + PCM "
+        "global and local networks, batch 3 at 448, 6 crops of 320, official targets) at precision fp32 "
+        "(official), tf32 and bf16: s/update, TFLOP/s from the FLOPs of that very update (counted on the meta "
+        "device) and the utilisation of the exact card's dense peak of that precision (H100 SXM/PCIe/NVL, "
+        "H200, A100 SXM4/PCIe 40/80 GB by name and memory). (2) Two L2G updates (fp32, bf16), two DeepLab "
+        "MSC micro-steps (ResNet-101, batch 5 at 321) and the CAM export's computation under "
+        "`torch.cuda.set_sync_debug_mode(\"error\")`. (3) CAM export as `l2g export-cams` runs it (scales "
+        "0.5-2 + flips, batch 4, 4 loader workers) in fp32 and bf16: images/s, the GPU's mean utilisation "
+        "(nvidia-smi every 0.2 s), the largest bf16 - fp32 CAM difference. (4) Prediction as `l2g predict-seg` "
+        "runs it (DeepLab-v2 ResNet-101 MSC, scale 1, fp32): images/s and utilisation. (5) `l2g with-gpus "
+        "--ddp -- l2g train-cls --device cuda` with one process and, where two GPUs are visible, two "
+        "(torchrun, NCCL). (6) The CUDA tests the CPU suite skips. (7) The GPU input path of item 8b with its "
+        "device step on the card (nvjpeg decode, augmentation): samples/s per CPU core of the classifier input "
+        "(batch 8) against what 40% of the card's bf16 peak trains (H100 SXM: about 160 samples/s), fed by 4 "
+        "cores per GPU (a 2-GPU box with 8 cores), the device step's samples/s on the card, and the mean grey-"
+        "level difference from the CPU path (JPEG decoders)."),
 }
 
 
@@ -168,6 +195,16 @@ def findings(result):
                      f"{f['crf_step_ms_per_image']:.1f} ms ({100 * f['crf_step_overhead']:+.1f}%), whole stage on "
                      f"1 worker {f['stage_ms_per_image_1_worker']:.1f} ms ({100 * f['stage_overhead_1_worker']:+.1f}%: "
                      "JPEG and CAM file read, PNG written, manifest).")
+    if item == "gpu_input":
+        for kind, g in f.items():
+            notes.append(f"{kind}: a worker of the GPU path reads and draws {g['gpu_path_worker_samples_per_s']:.0f} "
+                         f"samples/s; the device step on {g['device']} makes "
+                         f"{g['gpu_path_device_step_samples_per_s']:.1f} samples/s at "
+                         f"{1000 * g['gpu_path_device_step_cpu_s_per_sample']:.0f} ms of host CPU per sample.")
+        if result["setup"]["device"] == "cpu":
+            notes.append("On the CPU device the GPU path is slower than PIL: the same integer arithmetic as "
+                         "PIL's C loops, written as general tensor ops (gathers, float64 HSV), on one core. "
+                         "Its point is the CUDA figure, where the host only launches kernels; it awaits a GPU.")
     if item == "train_step":
         parts = f.get("construction_parts_ms")
         if parts and parts["pipeline_crops"] > parts["reference_crops"]:
@@ -236,8 +273,11 @@ def findings(result):
     return notes
 
 
-def describe_run(number, run):
+def describe_run(number, run, page_machine=None):
     items = "all items" if len(run["items"]) >= len(TITLES) - 1 else "items " + ", ".join(run["items"])
+    where = run.get("machine")  # a run on another machine than the page's (the GPU check) says which
+    if where and page_machine and (where["cpu"], where["gpu"]) != (page_machine["cpu"], page_machine["gpu"]):
+        items += f" on another machine ({where['cores']} cores, {where['cpu']}, GPU: {where['gpu'] or 'none'})"
     return (f"{number}. `{run['command']}`: {run['date']}, {items}; {'quick' if run['quick'] else 'full'} mode, "
             f"warm-up {run['warmup']}, repeats {run['repeats']}, {run['threads']} torch threads, device "
             f"{run['device']}; {run['wall_s'] / 60:.1f} min; load average (1, 5, 15 min) "
@@ -285,7 +325,7 @@ def markdown(data):
          f"{machine['memory_gib']} GiB RAM, GPU: {gpu}"),
         f"- Software: Python {machine['python']}, torch {machine['torch']}, numpy {machine['numpy']}",
         "- Commands (repository root, project virtualenv), each item names the run that measured it:",
-        *[f"    {describe_run(n, run)}" + ("" if n in used else " (superseded: its items were measured "
+        *[f"    {describe_run(n, run, machine)}" + ("" if n in used else " (superseded: its items were measured "
                                                                "again by a later run)")
           for n, run in enumerate(runs, 1)],
         ("- The machine is shared: other work (tests, training runs) used its cores during the bench, so "
@@ -303,6 +343,8 @@ def markdown(data):
     ]
     for result in data["results"]:
         lines += ["", f"### {TITLES.get(result['item'], result['item'])}", ""]
+        if result["item"] == "gpu":
+            lines += gpu_targets() + [""]
         run = runs[result.get("run", 1) - 1]
         lines += [f"Run {result.get('run', 1)} ({run['date']}, {run['threads']} torch threads); load average "
                   f"{result.get('load_average_1min', {}).get('start')} at the item's start, "
@@ -310,4 +352,16 @@ def markdown(data):
         if result["item"] in METHOD:
             lines += [METHOD[result["item"]], ""]
         lines += [f"- {note}" for note in findings(result) + noise_notes(result)]
+    if not any(result["item"] == "gpu" for result in data["results"]):
+        lines += ["", f"### {TITLES['gpu']}: not run yet", "",
+                  "No GPU has been available to this work. What the check will measure, and the figure each "
+                  "part must reach, ready for its first run (it fills this section and the summary table):", "",
+                  *gpu_targets(), "", METHOD["gpu"]]
     return "\n".join(lines) + "\n"
+
+
+def gpu_targets():
+    """The GPU check's parts and the figure each must reach, as a table (bench.gpu.TARGETS)."""
+    from bench.gpu import TARGETS
+
+    return ["| part | must reach |", "| --- | --- |", *[f"| {part} | {target} |" for part, target in TARGETS]]

@@ -8,7 +8,9 @@
     python -m bench --render bench/results.json  # rewrite docs/benchmarks.md from a run's JSON
 
 Full mode writes bench/results.json and docs/benchmarks.md (--json, --out); quick mode writes only
-what --json / --out name. The table is printed either way. Exit status 1 when an item fails or the
+what --json / --out name. --gpu adds to those files (as --update does): the GPU item replaces an
+earlier GPU item, every other item and its run stay; without a CUDA device it prints one line,
+exits 1 and writes nothing. The table is printed either way. Exit status 1 when an item fails or the
 two sides of a comparison disagree; a missed speed target is reported, not an error.
 """
 
@@ -29,7 +31,8 @@ if __package__ in (None, ""):  # run as a file: python bench/run.py
 
 from bench import common, report  # noqa: E402
 
-ITEMS = ("evaluator", "export", "crf", "train_step", "scale", "e2e", "cam_storage", "loader", "makespan", "gpu")
+ITEMS = ("evaluator", "export", "crf", "train_step", "scale", "e2e", "cam_storage", "loader", "gpu_input", "makespan",
+         "gpu")
 GPU_ONLY = ("gpu",)  # run by --gpu (or --only gpu), never by default
 NOT_QUICK = ("makespan",)  # a whole workflow run: its overlap is what tests/test_gpus.py checks
 
@@ -40,7 +43,8 @@ def parse_args(argv):
                         help="run nothing: write the markdown (--out) of an earlier run's JSON again")
     parser.add_argument("--quick", action="store_true", help="tiny inputs, one repeat: checks agreement in seconds")
     parser.add_argument("--gpu", action="store_true",
-                        help="the GPU check alone (item gpu): needs a CUDA device, under 8 minutes")
+                        help="the GPU check alone (item gpu): needs a CUDA device, under 8 minutes; adds its "
+                             "results to the --json file and its section to the markdown (as --update)")
     parser.add_argument("--only", help=f"comma-separated items to run, of: {', '.join(ITEMS)} (default all)")
     parser.add_argument("--out", help="markdown file to write (default docs/benchmarks.md; none with --quick)")
     parser.add_argument("--json", help="JSON file to write (default bench/results.json; none with --quick)")
@@ -75,6 +79,8 @@ def parse_args(argv):
     if not args.quick:
         args.out = args.out or str(common.REPO / "docs" / "benchmarks.md")
         args.json = args.json or str(common.REPO / "bench" / "results.json")
+    # the GPU check runs on another machine than the CPU items, later: it must add to their results
+    args.update = args.update or args.gpu
     return args
 
 
@@ -138,6 +144,7 @@ def run(args, torch):
         options={"scale_images": tuple(int(n) for n in args.scale_images.split(",")),
                  "scale_size": args.scale_size, "target": args.target})
     machine = common.machine_info()
+    load_at_start = machine.pop("load_average_at_start")
     started = time.perf_counter()
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     try:
@@ -148,11 +155,12 @@ def run(args, torch):
     this_run = {"date": date, "command": shlex.join(["python", "-m", "bench", *argv]), "quick": args.quick,
                 "items": list(args.items), "threads": torch.get_num_threads(), "warmup": ctx.warmup,
                 "repeats": ctx.repeats, "device": device, "wall_s": time.perf_counter() - started,
-                "load_average_at_start": machine.pop("load_average_at_start"),
-                "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+                "load_average_at_start": load_at_start,
+                "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "machine": machine}
     runs = [this_run]
     if args.update and args.json and Path(args.json).is_file():  # keep the other items of the last run
         old = json.loads(Path(args.json).read_text())
+        machine = old["meta"]["machine"]  # the page's machine; a run on another one names its own
         runs = old["meta"]["runs"] + runs
         for result in results:
             result["run"] = len(runs)

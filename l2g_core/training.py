@@ -2,19 +2,19 @@
 
 SGD with the official parameter groups (1x / 2x / 10x / 20x the base learning rate for
 pretrained weights / pretrained biases / new weights / new biases), a step or poly schedule,
-gradient accumulation, bf16 autocast on CUDA, DDP under torchrun, a tqdm bar, a CSV loss log and
-a checkpoint after every epoch that holds everything needed to continue exactly: models,
-optimizer, epoch and history. Data order and every random draw are derived from (seed, epoch,
-step) and the global RNGs are reseeded at each epoch, so a resumed run is bit-identical to an
-uninterrupted one on the CPU.
+gradient accumulation, the precision setting (fp32, tf32, or bf16 autocast on CUDA), DDP under
+torchrun, a tqdm bar, a CSV loss log and a checkpoint after every epoch that holds everything
+needed to continue exactly: models, optimizer, epoch and history. Data order and every random
+draw are derived from (seed, epoch, step) and the global RNGs are reseeded at each epoch, so a
+resumed run is bit-identical to an uninterrupted one on the CPU.
 
 DDP keeps the recipe: `batch_size` is the global batch, split evenly over the processes. Rank r
 takes positions r, r + W, r + 2W, ... of every global batch (W processes; see epoch_order), so
 the processes together see exactly the images one process would, and since every loss is a mean
 over equal per-image shares, DDP's average of the processes' gradients is the one-process
 gradient of the global batch. What still differs is what depends on the process: dropout masks
-(global RNG, seeded with seed + rank), BatchNorm statistics in training mode (per process; the
-official recipes freeze BatchNorm) and a loss averaged over a number of pixels that varies per
+(global RNGs, seeded per (seed, rank, epoch)), BatchNorm statistics in training mode (per
+process; the official recipes freeze BatchNorm) and a loss averaged over a number of pixels that varies per
 image (DeepLab's ignored label 255: averaged within each process first).
 """
 
@@ -25,17 +25,18 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from l2g_core.data.augment import IMAGE_STATS
+from l2g_core.data.augment import IMAGE_STATS, JITTER_FORMULAS
 from l2g_core.data.manifest import load_manifest
-from l2g_core.data.torch_data import RESIZE_MODES, ImageOptions
+from l2g_core.data.torch_data import DECODE_MODES, RESIZE_MODES, ImageOptions
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import atomic_path, remove_stale_temporaries, write_text
-from l2g_core.runtime import seed_everything, setup_runtime
+from l2g_core.runtime import PRECISIONS, check_precision, seed_everything, setup_runtime
 
 LR_MULTIPLIERS = (1.0, 2.0, 10.0, 20.0)
 
@@ -56,7 +57,7 @@ class TrainSettings:
     accumulate: int = 1
     seed: int = 0
     workers: int = 0
-    amp: bool = True
+    precision: str = "bf16"  # fp32 | tf32 | bf16 (l2g_core.runtime.PRECISIONS); the CPU computes fp32
     log_every: int = 10
     iterations: int | None = None
 
@@ -82,7 +83,9 @@ def add_training_arguments(parser):
     group.add_argument("--accumulate", type=int, default=1, help="steps of gradient accumulation per update")
     group.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and crops")
     group.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA (ignored on CPU)")
+    group.add_argument("--precision", choices=PRECISIONS, default="bf16",
+                       help="fp32: TF32 off for matmul and cuDNN (the official recipes); tf32: TF32 on; bf16 "
+                            "(default): bf16 autocast on CUDA. The CPU computes fp32 whatever this says")
     group.add_argument("--log-every", type=int, default=10, help="optimizer steps between CSV log rows")
     group.add_argument("--device", default="auto", help="auto (CUDA when visible), cuda or cpu")
 
@@ -103,8 +106,15 @@ def add_image_arguments(parser):
     group.add_argument("--jitter", type=float, nargs=4, default=[0.3, 0.3, 0.3, 0.1],
                        metavar=("BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"),
                        help="colour jitter strengths (official: 0.3 0.3 0.3 0.1; 0 turns one off)")
+    group.add_argument("--jitter-formula", choices=JITTER_FORMULAS, default="official",
+                       help="official: torchvision's PIL ColorJitter as the official loaders (shuffled, luma "
+                            "grey, rounded after each operation); float: fixed order, channel-mean grey, one rounding")
     group.add_argument("--image-stats", choices=tuple(IMAGE_STATS), default="imagenet",
                        help="normalisation mean and std (the official COCO loader uses coco)")
+    group.add_argument("--decode", choices=DECODE_MODES, default="cpu",
+                       help="cpu: the loader workers decode and augment (PIL); gpu: they only read the files "
+                            "and draw, each batch is decoded (nvjpeg) and augmented on the training device, "
+                            "for few CPU cores per GPU (the same samples but for rare roundings)")
 
 
 def image_options_from_args(args, **extra):
@@ -113,7 +123,8 @@ def image_options_from_args(args, **extra):
     if min(args.jitter) < 0 or args.jitter[3] > 0.5:
         raise L2GError("--jitter strengths must be >= 0 (hue at most 0.5)")
     return ImageOptions(resize=args.resize, short_side=args.short_side, crop_axes=args.crop_axes, flip=args.flip,
-                        jitter=tuple(args.jitter), stats=args.image_stats, **extra)
+                        jitter=tuple(args.jitter), jitter_formula=args.jitter_formula, stats=args.image_stats,
+                        decode=args.decode, **extra)
 
 
 def settings_from_args(args):
@@ -129,7 +140,8 @@ def start_training(args, stage):
     Returns (manifest, settings, runtime)."""
     manifest = load_manifest(args.manifest)
     settings = settings_from_args(args)
-    runtime = setup_runtime(args.device)
+    # every training stage feeds fixed-size crops: cuDNN may pick its kernels once per shape
+    runtime = setup_runtime(args.device, precision=settings.precision, fixed_shapes=True)
     if runtime.is_main:
         print(f"{stage} on {manifest['name']}: {runtime.describe()}", flush=True)
     seed_everything(settings.seed)
@@ -146,6 +158,7 @@ def check_settings(s):
         raise L2GError(f"--lr must be positive, got {s.lr}")
     if s.weight_decay < 0 or not 0 <= s.momentum < 1:
         raise L2GError("--weight-decay must be >= 0 and --momentum in [0, 1)")
+    check_precision(s.precision)
 
 
 def build_optimizer(models, settings):
@@ -208,8 +221,13 @@ def step_seed(seed, epoch, index):
 
 
 def epoch_seed(seed, epoch, rank):
-    """The seed of the global RNGs (dropout) of one process in one epoch: seed + rank, then epoch."""
-    return (seed + rank) * 1_000_003 + epoch
+    """The seed of the global RNGs (dropout) of one process in one epoch: 64 bits drawn from the
+    stream NumPy's SeedSequence spawns for (rank, epoch) under the run's seed, so distinct triples
+    give unrelated streams (an arithmetic mix such as (seed + rank) * K + epoch made rank 1 of
+    seed s the rank 0 of seed s + 1). spawn_key rather than one entropy list: SeedSequence drops
+    trailing zero words of its entropy, so [s, r, 0] and a longer seed could meet."""
+    sequence = np.random.SeedSequence(seed, spawn_key=(rank, epoch))
+    return int(sequence.generate_state(1, np.uint64)[0])
 
 
 def own_rows(draws, runtime):
@@ -264,7 +282,7 @@ class Trainer:
             self.epochs = settings.epochs
 
     def autocast(self):
-        if self.runtime.device.type == "cuda" and self.settings.amp:
+        if self.runtime.autocast_bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -310,8 +328,10 @@ class Trainer:
     def loader(self, epoch):
         self.dataset.epoch = epoch
         order = epoch_order(len(self.dataset), self.settings.seed, epoch, self.runtime.rank, self.runtime.world_size)
+        # a dataset may collate its own way (LabelledImages with decode gpu: raw bytes and draws)
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=order, drop_last=True,
-                          num_workers=self.settings.workers, pin_memory=self.runtime.device.type == "cuda")
+                          num_workers=self.settings.workers, pin_memory=self.runtime.device.type == "cuda",
+                          collate_fn=getattr(self.dataset, "collate_fn", None))
 
     def set_lr(self, epoch, update):
         factor = lr_factor(self.settings, epoch, update, self.total_updates)
@@ -342,6 +362,8 @@ class Trainer:
         if self.runtime.is_main:
             print(message, flush=True)
         s = self.settings
+        # the last step of the input pipeline, on the device (LabelledImages with decode gpu decodes there)
+        finish = getattr(self.dataset, "device_batch", lambda batch, device: batch)
         for epoch in range(self.start_epoch, self.epochs):
             seed_everything(epoch_seed(s.seed, epoch, self.runtime.rank))
             for model in self.models.values():
@@ -357,6 +379,7 @@ class Trainer:
                     break
                 batch = {k: v.to(self.runtime.device, non_blocking=True) if torch.is_tensor(v) else v
                          for k, v in batch.items()}
+                batch = finish(batch, self.runtime.device)
                 generator = torch.Generator().manual_seed(step_seed(s.seed, epoch, index))
                 last_micro_step = (index + 1) % s.accumulate == 0
                 with self.no_sync(not last_micro_step):

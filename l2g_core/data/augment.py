@@ -21,16 +21,25 @@ IMAGE_STATS = {
     "coco": ((0.471, 0.448, 0.408), (0.234, 0.239, 0.242)),
 }
 JITTER_ORDER = ("brightness", "contrast", "saturation", "hue")
+# How the jitter factors are applied: "official" as torchvision's ColorJitter on PIL images (the
+# official L2G loaders: luma grey, a rounding after each operation, the operations shuffled);
+# "float" in float with one rounding at the end, in a fixed order, contrast around the image's
+# mean and saturation around the channel-mean grey (the demo's stage-1 formula before 2026-12-01).
+JITTER_FORMULAS = ("official", "float")
+
+
+def short_size(size, short_side):
+    """(width, height) of an image of `size` (width, height) scaled so that its shorter side is
+    `short_side` (official imutils.ResizeShort)."""
+    width, height = size
+    if width < height:
+        return short_side, int(round(height * short_side / width))
+    return int(round(width * short_side / height)), short_side
 
 
 def resize_short(image, short_side, resample):
     """Scale a PIL image so that its shorter side is `short_side` (official imutils.ResizeShort)."""
-    width, height = image.size
-    if width < height:
-        size = (short_side, int(round(height * short_side / width)))
-    else:
-        size = (int(round(width * short_side / height)), short_side)
-    return image.resize(size, resample=resample)
+    return image.resize(short_size(image.size, short_side), resample=resample)
 
 
 def crop_box(image_size, crop, rng, axes="official"):
@@ -73,6 +82,24 @@ def apply_jitter(image, ops):
     for name, factor in ops:
         image = shift_hue(image, factor) if name == "hue" else enhancers[name](image).enhance(factor)
     return image
+
+
+def apply_jitter_float(image, ops):
+    """The "float" formula of draw_jitter's factors on an RGB PIL image: brightness, then contrast
+    around the image's mean, then saturation around each pixel's channel mean, whatever the drawn
+    order, in float, truncated to uint8 once at the end; a hue shift, if drawn, after that."""
+    factors = dict(ops)
+    x = np.asarray(image, dtype=np.float32)
+    if "brightness" in factors:
+        x = x * factors["brightness"]
+    if "contrast" in factors:
+        mean = x.mean()
+        x = (x - mean) * factors["contrast"] + mean
+    if "saturation" in factors:
+        grey = x.mean(axis=2, keepdims=True)
+        x = (x - grey) * factors["saturation"] + grey
+    image = Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
+    return shift_hue(image, factors["hue"]) if "hue" in factors else image
 
 
 def normalise(rgb, stats="imagenet"):

@@ -105,6 +105,25 @@ class VOCLayout:
         """H x W x 3 uint8 RGB."""
         return to_rgb_uint8(_open_image(self.image_path(image_id), "image"))
 
+    def load_encoded_image(self, image_id):
+        """(data, (width, height)) for decoding elsewhere (decode: gpu): data is the file's bytes
+        (1-D uint8) for a JPEG in RGB or grayscale, which torchvision's decode_jpeg turns into
+        load_image's pixels; for any other file (PNG, CMYK JPEG, ...) the pixels themselves
+        (H x W x 3 uint8), decoded here as load_image decodes them. Reads the header only to tell."""
+        path = self.image_path(image_id)
+        if not path.is_file():
+            raise L2GError(f"{path}: image not found")
+        try:
+            with Image.open(path) as image:  # lazy: the header, not the pixels
+                jpeg, size = image.format == "JPEG" and image.mode in ("RGB", "L"), image.size
+        except UnidentifiedImageError:
+            raise L2GError(f"{path}: cannot read image (not an image file, or corrupt from its first bytes)") from None
+        except (OSError, Image.DecompressionBombError) as error:
+            raise L2GError(f"{path}: cannot read image ({error})") from None
+        # copies: torch takes them over, and arrays of bytes or of PIL's pixels are read-only
+        data = np.frombuffer(path.read_bytes(), dtype=np.uint8) if jpeg else self.load_image(image_id)
+        return data.copy(), size
+
     def load_mask(self, image_id):
         """H x W uint8 class indices (255 = ignore)."""
         image = _open_image(self.mask_path(image_id), "mask")

@@ -8,16 +8,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from l2g_core.data.augment import IMAGE_STATS, apply_jitter, crop_box, draw_jitter, resize_short
+from l2g_core.data.augment import (
+    IMAGE_STATS,
+    apply_jitter,
+    apply_jitter_float,
+    crop_box,
+    draw_jitter,
+    resize_short,
+    short_size,
+)
 from l2g_core.data.augment import normalise as normalise_array
+from l2g_core.data.gpu_augment import make_batch
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import split_ids
 from l2g_core.errors import L2GError
 
 MEAN, STD = (np.array(v, dtype=np.float32) for v in IMAGE_STATS["imagenet"])
 RESIZE_MODES = ("warp", "short_crop")
+# Where the classifier and L2G inputs are decoded and shaped: "cpu" in the loader workers (PIL);
+# "gpu" on the training device (the CPU when training there), the workers only reading the files
+# and drawing (gpu_augment), for machines with too few cores per GPU to feed it.
+DECODE_MODES = ("cpu", "gpu")
+# The keys of a raw sample (decode gpu) that do not stack: per-image sizes, and the draws.
+RAW_KEYS = ("encoded", "saliency_u8", "draws")
 
 
 def normalise(rgb, stats="imagenet"):
@@ -39,8 +54,11 @@ class ImageOptions:
     official VOC loader) scales its short side to short_side (bicubic; saliency nearest) and cuts
     a random input_size crop, drawn as the official code draws it (crop_axes "official") or
     inside the image ("image"). jitter: (brightness, contrast, saturation, hue) strengths of the
-    official colour jitter. saliency_norm "max" divides each saliency crop by its maximum (official).
-    stats: the normalisation (imagenet, or coco as the official COCO loader).
+    colour jitter, applied by the official formula (jitter_formula "official") or the demo's
+    ("float", augment.apply_jitter_float). saliency_norm "max" divides each saliency crop by its maximum (official).
+    stats: the normalisation (imagenet, or coco as the official COCO loader). decode (DECODE_MODES):
+    "gpu" decodes and shapes each batch on the training device (gpu_augment): the same samples
+    but for a rare rounding (tests/test_gpu_augment.py).
     """
 
     resize: str = "warp"
@@ -48,8 +66,20 @@ class ImageOptions:
     crop_axes: str = "official"
     flip: bool = False
     jitter: tuple = (0.3, 0.3, 0.3, 0.1)
+    jitter_formula: str = "official"
     saliency_norm: str = "max"
     stats: str = "imagenet"
+    decode: str = "cpu"
+
+
+def collate_raw(samples):
+    """A batch of raw samples (decode gpu): labels and indices stacked as torch's default does,
+    the file bytes, saliency maps and draws (sizes differ per image) as lists."""
+    batch = default_collate([{k: v for k, v in sample.items() if k not in RAW_KEYS} for sample in samples])
+    for key in RAW_KEYS:
+        if key in samples[0]:
+            batch[key] = [sample[key] for sample in samples]
+    return batch
 
 
 class LabelledImages(Dataset):
@@ -70,21 +100,45 @@ class LabelledImages(Dataset):
         self.input_size = input_size
         self.saliency = saliency
         self.options = options
+        if options.decode not in DECODE_MODES:
+            raise L2GError(f"decode must be one of {', '.join(DECODE_MODES)}, got {options.decode!r}")
         self.seed = seed
         self.epoch = 0
+        # the DataLoader's collate_fn: None (torch's default) for finished samples, lists for raw ones
+        self.collate_fn = collate_raw if options.decode == "gpu" else None
 
     def __len__(self):
         return len(self.ids)
 
+    def saliency_map(self, image_id):
+        """The 0..255 map as stored, so that resizing sees what the official code sees."""
+        return np.rint(self.layout.load_saliency(image_id) * 255).astype(np.uint8)
+
+    def draws(self, size, rng):
+        """Every random draw of one sample from an image of `size` (width, height), in the one
+        order both decode modes use: the crop box (short_crop), the flip (flip on), the jitter."""
+        o = self.options
+        box = crop_box(short_size(size, o.short_side), self.input_size, rng, o.crop_axes) \
+            if o.resize == "short_crop" else None
+        flip = bool(o.flip and rng.random() < 0.5)
+        return {"box": box, "flip": flip, "jitter": draw_jitter(o.jitter, rng)}
+
     def __getitem__(self, index):
         image_id = self.ids[index]
-        image = Image.fromarray(self.layout.load_image(image_id))
-        sal = None
-        if self.saliency:  # the 0..255 map as stored, so that resizing sees what the official code sees
-            sal = Image.fromarray(np.rint(self.layout.load_saliency(image_id) * 255).astype(np.uint8))
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, sal = self.geometry(image, sal, rng)
-        image = apply_jitter(image, draw_jitter(self.options.jitter, rng))
+        if self.options.decode == "gpu":  # the bytes and draws only: device_batch does the rest
+            data, size = self.layout.load_encoded_image(image_id)
+            sample = {"label": self.labels[index], "index": index, "encoded": torch.from_numpy(data),
+                      "draws": self.draws(size, rng)}
+            if self.saliency:
+                sample["saliency_u8"] = torch.from_numpy(self.saliency_map(image_id))
+            return sample
+        image = Image.fromarray(self.layout.load_image(image_id))
+        sal = Image.fromarray(self.saliency_map(image_id)) if self.saliency else None
+        draws = self.draws(image.size, rng)
+        image, sal = self.geometry(image, sal, draws)
+        jitter = apply_jitter if self.options.jitter_formula == "official" else apply_jitter_float
+        image = jitter(image, draws["jitter"])
         sample = {"label": self.labels[index], "index": index, "image": normalise(image, self.options.stats)}
         if sal is not None:
             sal = np.asarray(sal, dtype=np.float32) / 255.0
@@ -93,19 +147,31 @@ class LabelledImages(Dataset):
             sample["saliency"] = torch.from_numpy(np.ascontiguousarray(sal))[None]
         return sample
 
-    def geometry(self, image, sal, rng):
-        """Resize (and crop, and flip) the image and its saliency map alike."""
+    def device_batch(self, batch, device):
+        """The training batch of a collated batch whose tensors are on `device`: itself (decode
+        cpu), or with its images and saliency maps decoded and shaped there (decode gpu)."""
+        if self.options.decode != "gpu":
+            return batch
+        batch = dict(batch)
+        images, saliency = make_batch(batch.pop("encoded"), batch.pop("saliency_u8", None), batch.pop("draws"),
+                                      self.options, self.input_size, device)
+        batch["image"] = images
+        if saliency is not None:
+            batch["saliency"] = saliency
+        return batch
+
+    def geometry(self, image, sal, draws):
+        """Resize (and crop, and flip) the image and its saliency map alike, as `draws` say."""
         o, size = self.options, self.input_size
         if o.resize == "warp":
             image = image.resize((size, size), Image.BILINEAR)
             sal = sal.resize((size, size), Image.BILINEAR) if sal is not None else None
         else:
             image = resize_short(image, o.short_side, Image.BICUBIC)
-            box = crop_box(image.size, size, rng, o.crop_axes)
-            image = image.crop(box)
+            image = image.crop(draws["box"])
             if sal is not None:
-                sal = resize_short(sal, o.short_side, Image.NEAREST).crop(box)
-        if o.flip and rng.random() < 0.5:
+                sal = resize_short(sal, o.short_side, Image.NEAREST).crop(draws["box"])
+        if draws["flip"]:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
             sal = sal.transpose(Image.FLIP_LEFT_RIGHT) if sal is not None else None
         return image, sal

@@ -19,6 +19,7 @@ from l2g_core.errors import L2GError
 from l2g_core.l2g import ROI_ALIGN_MODES, align_global, crop_batch, local_targets, sample_boxes, transfer_loss
 from l2g_core.model_io import save_classifier
 from l2g_core.models import classification_loss
+from l2g_core.runtime import to_device
 from l2g_core.training import (
     Trainer,
     add_image_arguments,
@@ -88,18 +89,23 @@ def check_args(args):
 
 
 def l2g_losses(net_g, net_l, batch, boxes, options, stride):
-    """The loss terms of one L2G step on `batch` with crop `boxes`; `options` holds num_crops,
-    use_saliency, saliency_resize, background, bg_score, bg_thr, roi_align, kd_weight,
-    ignore_empty and global_cls_weight."""
+    """The loss terms of one L2G step on `batch` with crop `boxes`; `options` holds crop_size,
+    num_crops, use_saliency, saliency_resize, background, bg_score, bg_thr, roi_align, kd_weight,
+    ignore_empty and global_cls_weight.
+
+    Nothing here reads a device value back to the host (tests/test_no_host_sync.py holds it to
+    that): the sizes come from `options`, and boxes drawn on the host are queued to the device
+    (to_device)."""
     images, labels = batch["image"], batch["label"]
-    boxes = boxes.to(images.device)
+    boxes = to_device(boxes, images.device)
     out_g = net_g(images)
-    out_l = net_l(crop_batch(images, boxes))
+    out_l = net_l(crop_batch(images, boxes, options.crop_size))
     size = out_l["cams"].shape[-2:]
     crop_labels = labels.repeat_interleave(options.num_crops, dim=0)
     saliency = None
     if options.use_saliency:
-        saliency = F.interpolate(crop_batch(batch["saliency"], boxes), size=size, mode=options.saliency_resize)
+        saliency = F.interpolate(crop_batch(batch["saliency"], boxes, options.crop_size), size=size,
+                                 mode=options.saliency_resize)
     targets = local_targets(out_l["cams"].detach().float(), crop_labels, saliency,
                             background=options.background, bg_score=options.bg_score, bg_thr=options.bg_thr)
     probs = align_global(out_g["cams"].float(), boxes, size, stride, options.roi_align)
@@ -110,10 +116,21 @@ def l2g_losses(net_g, net_l, batch, boxes, options, stride):
     return {"loss": loss, "kd": kd, "cls_local": cls_local, "cls_global": cls_global}
 
 
+def step_boxes(batch_size, options, generator, runtime):
+    """This process's crop boxes of one step, on its device.
+
+    Drawn on the host for the whole global batch, so that the boxes of an image do not depend on
+    the process count (own_rows keeps this process's rows), then queued to the device from
+    pinned memory without making the host wait (to_device)."""
+    boxes = sample_boxes(batch_size * runtime.world_size, options.num_crops, options.crop_size, options.input_size,
+                         generator, corners=options.crop_layout == "corners")
+    return to_device(own_rows(boxes, runtime).contiguous(), runtime.device)
+
+
 L2G_OPTIONS = ("input_size", "crop_size", "num_crops", "crop_layout", "kd_weight", "use_saliency",
                "global_cls_weight", "background", "bg_score", "bg_thr", "ignore_empty", "roi_align",
                "saliency_resize", "saliency_norm", "resize", "short_side", "crop_axes", "flip", "jitter",
-               "image_stats")
+               "jitter_formula", "image_stats", "decode")
 
 
 def run(args):
@@ -134,14 +151,12 @@ def run(args):
     net_g, net_l = trainer.wrapped["global"], trainer.wrapped["local"]
 
     def step(batch, generator):
-        # drawn for the whole global batch, so that the boxes of an image do not depend on the process count
-        boxes = own_rows(sample_boxes(len(batch["image"]) * runtime.world_size, args.num_crops, args.crop_size,
-                                      args.input_size, generator, corners=args.crop_layout == "corners"), runtime)
+        boxes = step_boxes(len(batch["image"]), args, generator, runtime)
         return l2g_losses(net_g, net_l, batch, boxes, args, global_net.stride)
 
     trainer.fit(step)
     if runtime.is_main:
         save_classifier(args.out, global_net, stage="l2g", class_names=manifest["class_names"],
-                        settings={**describe, **vars(settings)},
+                        settings={**describe, **vars(settings), "precision_applied": runtime.applied_precision},
                         extra={"local_state_dict": local_net.state_dict()})
         print(f"wrote {args.out}")
