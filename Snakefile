@@ -30,5 +30,5 @@ rule all:
     input:
         "results/demo/miou.json",
         "results/demo/supervised/miou.json",
-        expand("results/demo/report/{name}.png", name=("iou_per_class", "samples", "loss_curves", "run_times")),
+        expand("results/demo/report/{name}.png", name=("iou_per_class", "samples", "loss_curves", "run_times", "expectations")),
     default_target: True

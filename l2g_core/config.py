@@ -11,6 +11,8 @@ import yaml
 
 from l2g_core.data.classes import CLASSES_FILE, first_repeated
 from l2g_core.errors import L2GError
+from l2g_core.expectations import other_stage
+from l2g_core.pipeline import CAM_MODELS, DATA_KEYS, l2g_runs, score_names, scored_stages
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -53,9 +55,9 @@ def _describe(error, path):
     return f"{where}: {error.message}"
 
 
-# What a dataset section describes of its data; a recipe gives everything else (the method: the
-# stage sections and the jobs), never these.
-DATA_KEYS = ("kind", "root", "synthetic", "splits", "classes", "empty_images", "recipe")
+# Keys a recipe never gives: the data (DATA_KEYS) and what the dataset's scores should be (`expect:`,
+# figures of that data).
+OWN_KEYS = (*DATA_KEYS, "expect")
 
 
 def deep_merge(base, override):
@@ -87,11 +89,11 @@ def recipe_chain(datasets, name):
 
 def resolve_recipe(datasets, name):
     """Dataset `name` with its recipe chain under it: each recipe's method settings, the
-    dataset's own keys on top, the dataset's data keys only."""
+    dataset's own keys on top, the dataset's data keys and expectations only."""
     chain = recipe_chain(datasets, name)
     settings = datasets[chain[-1]]
     for below in reversed(chain[:-1]):
-        method = {key: value for key, value in settings.items() if key not in DATA_KEYS}
+        method = {key: value for key, value in settings.items() if key not in OWN_KEYS}
         settings = deep_merge(method, datasets[below])
     return settings
 
@@ -106,8 +108,9 @@ def resolve_recipes(config):
 
 def written_at(config, path):
     """The key path as the user wrote it: inside a dataset, the first dataset of its recipe chain
-    whose section holds the key (the deepest recipe when none does; a data key is never inherited)."""
-    if len(path) < 3 or path[0] != "datasets" or path[2] in DATA_KEYS:
+    whose section holds the key (the deepest recipe when none does; a data key or expect is never
+    inherited)."""
+    if len(path) < 3 or path[0] != "datasets" or path[2] in OWN_KEYS:
         return path
     chain = recipe_chain(config["datasets"], path[1])
     for name in chain:
@@ -136,8 +139,6 @@ def validate_config(config, schema_path=SCHEMA_PATH):
     # a recipe before the datasets built on it: a mistake they inherit is named where it was written
     for name in sorted(resolved["datasets"], key=lambda n: len(recipe_chain(config["datasets"], n))):
         check_dataset(name, resolved["datasets"][name])
-    from l2g_core.experiments import check_experiments
-
     check_experiments(config)
     return resolved["datasets"]
 
@@ -147,8 +148,54 @@ def check_settings(name, settings, written, schema_path=SCHEMA_PATH):
     system; `written(path)` names where the user wrote the key at `path`. Returns the settings."""
     schema = load_yaml(schema_path, "schema")
     check_schema(settings, {"$ref": "#/$defs/dataset", "$defs": schema["$defs"]}, written)
-    check_dataset(name, settings)
+    check_dataset(name, settings, run=True)
     return settings
+
+
+def check_experiments(config):
+    """Mistakes in the experiments section, one line each: a data key or expect in a variant (a run
+    is the same data with another method; an experiment's expectations are its own `expect:`), a
+    variant named like a seed's run, an expectation on a score the experiment does not make."""
+    for name, experiment in (config.get("experiments") or {}).items():
+        for variant, overrides in (experiment.get("variants") or {}).items():
+            data_keys = sorted(set(overrides or {}) & set(DATA_KEYS))
+            if data_keys:
+                raise L2GError(f"experiments.{name}.variants.{variant}.{data_keys[0]}: a variant changes the method, "
+                               f"not the data (make another dataset with recipe: for that)")
+            if "expect" in (overrides or {}):
+                raise L2GError(f"experiments.{name}.variants.{variant}.expect: a variant keeps its dataset's "
+                               f"expectations; put the experiment's own under experiments.{name}.expect")
+            if variant.startswith("seed"):
+                raise L2GError(f"experiments.{name}.variants.{variant}: a variant name may not start with 'seed' "
+                               f"(the runs of a seed are named seedN)")
+        final = experiment.get("score", "final") == "final"
+        names = score_names(CAM_MODELS, subset=True, final=final)
+        check_expectations(f"experiments.{name}.expect", experiment.get("expect") or {}, names,
+                           "" if final else " (score: cams stops at the CAM scores)")
+
+
+def check_expectations(where, expect, names, why=""):
+    """`expect:` names scores the run makes (`names`), and each expectation has a bound and at most
+    one stage to compare with, not itself; a std is of a stage's own scores."""
+    for stage, entries in expect.items():
+        if stage not in names:
+            raise L2GError(f"{where}.{stage}: not a score of this run{why}; one of {', '.join(names)}")
+        for index, entry in enumerate(entries):
+            at = f"{where}.{stage}.{index}"
+            if entry.get("min") is None and entry.get("max") is None:
+                raise L2GError(f"{at}: give min, max or both (a fraction, as miou.json holds it)")
+            if entry.get("min") is not None and entry.get("max") is not None and entry["min"] > entry["max"]:
+                raise L2GError(f"{at}: min {entry['min']} is above max {entry['max']}")
+            if "minus" in entry and "divided_by" in entry:
+                raise L2GError(f"{at}: give minus or divided_by, not both")
+            other = other_stage(entry)
+            key = "minus" if "minus" in entry else "divided_by"
+            if other is not None and other not in names:
+                raise L2GError(f"{at}.{key}: {other!r} is not a score of this run{why}; one of {', '.join(names)}")
+            if other == stage:
+                raise L2GError(f"{at}.{key}: compares {stage} with itself")
+            if other is not None and entry.get("statistic") == "std":
+                raise L2GError(f"{at}.statistic: a std is of the stage's own scores; remove {key}")
 
 
 def check_classes(name, dataset):
@@ -167,7 +214,10 @@ def check_classes(name, dataset):
         raise L2GError(f"datasets.{name}.classes: {twice!r} is listed twice")
 
 
-def check_dataset(name, dataset):
+def check_dataset(name, dataset, run=False):
+    """The checks beyond the schema of a dataset's settings (or, with `run`, an experiment run's: its
+    dataset's expectations on a score the variant does not make, e.g. without train_l2g_no_saliency,
+    are not measured there rather than refused, since a variant cannot change them)."""
     check_classes(name, dataset)
     kind, root = dataset["kind"], dataset.get("root")
     if kind == "synthetic":
@@ -180,6 +230,8 @@ def check_dataset(name, dataset):
         raise L2GError(f"datasets.{name}.root: folder {root} does not exist; set it to the folder "
                        f"holding JPEGImages/ and SegmentationClassAug/")
     check_inits(name, dataset)
+    names = score_names(CAM_MODELS, subset=True) if run else scored_stages(dataset)
+    check_expectations(f"datasets.{name}.expect", dataset.get("expect") or {}, names)
     runs = l2g_runs(dataset)
     for key, l2g in runs.items():
         if l2g["crop_size"] > l2g["input_size"]:
@@ -236,15 +288,6 @@ def check_inits(name, dataset):
         refuse_coco_trained(dataset["train_seg"].get("init"), dataset["kind"])
     except L2GError as error:
         raise L2GError(f"datasets.{name}.train_seg.init: {error}") from None
-
-
-def l2g_runs(dataset):
-    """{config section: options} of a dataset's L2G runs: train_l2g, and train_l2g_no_saliency
-    (its keys on top of train_l2g's, use_saliency false) where it is set."""
-    runs = {"train_l2g": dict(dataset["train_l2g"])}
-    if dataset.get("train_l2g_no_saliency") is not None:
-        runs["train_l2g_no_saliency"] = {**runs["train_l2g"], **dataset["train_l2g_no_saliency"], "use_saliency": False}
-    return runs
 
 
 def require_root(config, name):

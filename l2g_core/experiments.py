@@ -9,7 +9,7 @@ wherever the two would make it the same way (l2g_core.pipeline.made_with): a swe
 trains stage 1 once.
 """
 
-from l2g_core.config import DATA_KEYS, deep_merge
+from l2g_core.config import check_settings, deep_merge, written_at
 from l2g_core.errors import L2GError
 
 MARK = "/experiments/"
@@ -55,26 +55,10 @@ def all_runs(config):
     return {name: run_names(experiment) for name, experiment in (config.get("experiments") or {}).items()}
 
 
-def check_experiments(config):
-    """Mistakes in the experiments section, one line each: a data key in a variant (a run is the
-    same data with another method), a variant named like a seed's run."""
-    for name, experiment in (config.get("experiments") or {}).items():
-        for variant, overrides in (experiment.get("variants") or {}).items():
-            data_keys = sorted(set(overrides or {}) & set(DATA_KEYS))
-            if data_keys:
-                raise L2GError(f"experiments.{name}.variants.{variant}.{data_keys[0]}: a variant changes the method, "
-                               f"not the data (make another dataset with recipe: for that)")
-            if variant.startswith("seed"):
-                raise L2GError(f"experiments.{name}.variants.{variant}: a variant name may not start with 'seed' "
-                               f"(the runs of a seed are named seedN)")
-
-
 def run_settings(config, datasets, name):
     """The settings of run `name` ('demo/experiments/seeds/seed1'): its dataset's (`datasets`, recipes
     resolved and checked) with the run's keys on top, checked like a dataset's; a mistake is named
     where it was written. A run the config does not describe is one line."""
-    from l2g_core.config import check_settings, written_at
-
     base, experiment, run = split_run(name)
     runs = all_runs(config).get(experiment, {})
     if base not in datasets or run not in runs:

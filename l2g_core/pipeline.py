@@ -11,7 +11,11 @@ its own job and, recursively, those of the outputs it reads. Two runs whose `mad
 are equal make the same file, so an experiment's variant reuses it (l2g_core.experiments).
 """
 
-from l2g_core.config import DATA_KEYS, l2g_runs
+from l2g_core.expectations import NO_CRF, named_stages
+
+# What a dataset section describes of its data; a recipe gives everything else (the method: the
+# stage sections and the jobs), never these (l2g_core.config.resolve_recipe).
+DATA_KEYS = ("kind", "root", "synthetic", "splits", "classes", "empty_images", "recipe")
 
 # The rules, by the name their jobs' settings go under (jobs.threads, gpu, mem_mb, runtime: the
 # schema's per-rule keys are these; score_supervised's jobs take score_seg's).
@@ -46,7 +50,8 @@ SUBSET = "train_subset"
 # loss: an L2G gain over it is not more training.
 CONTROL_KEYS = ("input_size", "epochs", "iterations", "batch_size", "lr", "weight_decay", "momentum", "nesterov",
                 "schedule", "step_epochs", "gamma", "poly_power", "poly_step", "accumulate", "seed", "workers",
-                "amp", "log_every", "resize", "short_side", "crop_axes", "flip", "jitter", "image_stats")
+                "precision", "log_every", "resize", "short_side", "crop_axes", "flip", "jitter", "jitter_formula",
+                "image_stats", "decode")
 # The model options of stage 1 that a stage-2 run with start: pretrained (official) builds on.
 MODEL_KEYS = ("backbone", "init", "pcm", "output_stride")
 # The predict_seg keys of the network job (predict-seg); the others (the CRF's) go to label-seg.
@@ -54,6 +59,15 @@ NETWORK_KEYS = ("scales", "flip", "batch_size")
 
 
 # --- the options of each job, from a dataset's settings -------------------------------------------
+
+
+def l2g_runs(dataset):
+    """{config section: options} of a dataset's L2G runs: train_l2g, and train_l2g_no_saliency
+    (its keys on top of train_l2g's, use_saliency false) where it is set."""
+    runs = {"train_l2g": dict(dataset["train_l2g"])}
+    if dataset.get("train_l2g_no_saliency") is not None:
+        runs["train_l2g_no_saliency"] = {**runs["train_l2g"], **dataset["train_l2g_no_saliency"], "use_saliency": False}
+    return runs
 
 
 def from_stage1(dataset):
@@ -111,6 +125,40 @@ def summary_stages(dataset):
     return stages
 
 
+# The scored outputs whose file also holds the score before the CRF (miou_no_crf): NAME_no_crf.
+WITH_NO_CRF = ("pseudo_labels", *SEG_MODELS)
+
+
+def score_names(folders, subset, final=True):
+    """{name: product} of the scores of a run with CAM folders `folders` (and, with `subset`, each
+    again on splits.train_subset: NAME_train_subset); with `final`, also the pseudo labels, seg (the
+    final miou.json) and supervised, each again as NAME_no_crf (the same file's miou_no_crf)."""
+    stages = {folder: f"{folder}/miou" for folder in folders}
+    if final:
+        stages["pseudo_labels"] = "pseudo_labels/miou"
+    if subset:
+        stages.update({f"{name}_{SUBSET}": f"{product}_{SUBSET}" for name, product in list(stages.items())})
+    if final:
+        stages.update({model: f"{model}/miou" for model in SEG_MODELS})
+    stages.update({f"{name}{NO_CRF}": product for name, product in list(stages.items())
+                   if product.split("/")[0] in WITH_NO_CRF})
+    return stages
+
+
+def scored_stages(dataset):
+    """{name: product} of every score of a dataset's run, by the names its `expect:` uses."""
+    return score_names(cam_folders(dataset), bool(dataset["splits"].get(SUBSET)))
+
+
+def expectation_inputs(dataset):
+    """The scores the final score reads beyond the ones it carries (summary_stages), for the
+    margins and the verdict table of the dataset's `expect:`: those it names (supervised/miou)."""
+    carried = {*summary_stages(dataset).values(), "seg/miou"}
+    stages = scored_stages(dataset)
+    named = [stages[name] for name in named_stages(dataset.get("expect") or {}) if name in stages]
+    return sorted(set(named) - carried)
+
+
 # --- what each output is made from ------------------------------------------------------------
 
 
@@ -140,7 +188,7 @@ def products(dataset):
         made[f"{model}/logits"] = (prediction_options(dataset, network=True), data + [model])
         made[f"{model}/pred"] = (prediction_options(dataset, network=False), data + [f"{model}/logits"])
     made["supervised/miou"] = ({}, data + ["supervised/pred"])
-    made["seg/miou"] = ({}, data + ["seg/pred", *summary_stages(dataset).values()])
+    made["seg/miou"] = ({}, data + ["seg/pred", *summary_stages(dataset).values(), *expectation_inputs(dataset)])
     return made
 
 
@@ -161,9 +209,10 @@ def metrics_path(product):
 
 def product_of(path):
     """The product a path under results/{dataset}/ belongs to: cls/model.pt -> cls, cams/miou.json
-    -> cams/miou, seg/pred/manifest.json -> seg/pred, miou.json -> seg/miou."""
+    -> cams/miou, seg/pred/manifest.json -> seg/pred, miou.json (and expectations.md, written beside it by
+    the same job) -> seg/miou."""
     parts = path.split("/")
-    if len(parts) == 1 and parts[0].startswith("miou"):
+    if len(parts) == 1 and parts[0].startswith(("miou", "expectations")):
         return "seg/miou"
     if parts[0] in SEG_MODELS and len(parts) > 2 and parts[1] in ("logits", "pred"):
         return f"{parts[0]}/{parts[1]}"

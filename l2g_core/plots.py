@@ -10,6 +10,7 @@ inches at DPI dots per inch, so the pixel size of a figure depends only on the s
     loss_curves   training losses against updates, one panel per model
     run_times     seconds per stage, a horizontal bar chart
     experiment_summary  an experiment's mIoU per stage and variant, mean ± std and every run
+    expectation_table   a run's expectations: each one, its measured value, its verdict and hint
 """
 
 import matplotlib
@@ -294,4 +295,54 @@ def experiment_summary(path, stages, variants, title="Experiment"):
         ax.grid(axis="y", alpha=0.3)
         ax.set_title(title)
         ax.legend(loc="best", fontsize=11)
+        _save(fig, path)
+
+
+# --- expectations --------------------------------------------------------------------------------
+
+VERDICT_COLOURS = {True: "#c7e9c0", False: "#fcbba1", None: "#e0e0e0"}  # holds, fails, not measured
+
+
+def expectation_rows(verdicts, width=60):
+    """[[stage, expectation, measured, verdict, what to check], ...], long texts wrapped to `width`."""
+    import textwrap
+
+    from l2g_core.expectations import VERDICT_WORDS, measured_text
+
+    return [[v["stage"], textwrap.fill(v["expectation"], 34), textwrap.fill(measured_text(v), 30),
+             VERDICT_WORDS[v["holds"]], textwrap.fill(v["hint"] or "", width)] for v in verdicts]
+
+
+def expectation_figure_size(rows):
+    """(width, height) in inches: a line of 0.3 inch per line of text in the rows."""
+    lines = sum(max(cell.count("\n") + 1 for cell in row) for row in rows)
+    return 18.0, 1.4 + 0.3 * max(lines, 1) + 0.25 * len(rows)
+
+
+def expectation_table(path, verdicts, title="Expectations"):
+    """A table of a run's verdicts, one row each, coloured by verdict (holds green, fails red, not
+    measured grey); verdicts as l2g_core.expectations.judge writes them (an empty list says so)."""
+    rows = expectation_rows(verdicts)
+    width, height = expectation_figure_size(rows)
+    with plt.rc_context(STYLE):
+        fig = _figure(width, height)
+        ax = fig.add_subplot()
+        ax.axis("off")
+        if not rows:
+            ax.text(0.5, 0.5, "no expectations declared (config expect:)", ha="center", va="center")
+        else:
+            heights = [max(cell.count("\n") + 1 for cell in row) for row in rows]
+            table = ax.table(cellText=rows, colLabels=["stage", "expectation", "measured", "verdict", "what to check"],
+                             colWidths=[0.13, 0.2, 0.18, 0.09, 0.4], loc="upper center", cellLoc="left")
+            table.auto_set_font_size(False)
+            table.set_fontsize(11)
+            unit = 1.0 / (sum(heights) + len(rows) + 1)
+            for (row, column), cell in table.get_celld().items():
+                lines = 1 if row == 0 else heights[row - 1] + 1
+                cell.set_height(unit * lines)
+                if row > 0:
+                    cell.set_facecolor(VERDICT_COLOURS[verdicts[row - 1]["holds"]])
+                else:
+                    cell.set_text_props(weight="bold")
+        ax.set_title(title)
         _save(fig, path)

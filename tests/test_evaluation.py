@@ -172,7 +172,8 @@ def test_wrong_png_predictions_by_hand(dataset, tmp_path):
     assert metrics["recall"] == pytest.approx({"background": 1 / 2, "owl": 1.0, "fox": 0.0, "frog": None})
     assert metrics["pixel_accuracy"] == pytest.approx(3 / 5)
     assert list(metrics) == ["kind", "split", "num_images", "num_pixels", "miou", "per_class_iou", "precision",
-                             "recall", "pixel_accuracy", "class_names"]
+                             "recall", "pixel_accuracy", "class_names", "expectations"]
+    assert metrics["expectations"] == []  # none declared
     rows = read_csv(tmp_path / "miou.csv")
     assert rows[0] == ["class", "iou", "precision", "recall"]
     assert rows[1:] == [["background", "0.333333", "0.500000", "0.500000"],

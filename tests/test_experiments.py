@@ -1,6 +1,7 @@
 """Experiments: sweeps as Snakemake targets that share every upstream output a variant leaves alone."""
 
 import json
+import os
 import re
 import shutil
 import statistics
@@ -141,6 +142,37 @@ def test_the_summary_gives_mean_and_std_per_stage_and_variant_and_every_run(tmp_
     assert (out / "summary.png").stat().st_size > 10_000
 
 
+def test_the_summary_judges_the_experiments_expectations_on_the_means_and_the_spread(tmp_path, capsys):
+    values = {0: (0.40, 0.60, 0.70), 1: (0.44, 0.66, 0.72), 2: (0.42, 0.75, 0.74)}
+    runs = {f"seed{s}": {"variant": None, "seed": s, "metrics": write_metrics(tmp_path, f"r{s}", *numbers)}
+            for s, numbers in values.items()}
+    expect = [{"stage": "pseudo_labels", "minus": "cams", "min": 0.05, "hint": "the labels"},
+              {"stage": "seg", "divided_by": "supervised", "min": 0.88, "hint": "DeepLab"},
+              {"stage": "seg", "statistic": "std", "max": 0.03, "hint": "a seed collapsed"},
+              {"stage": "cams_train_subset", "min": 0.5, "hint": "not in these runs"}]
+    out = tmp_path / "summary"
+    argv = ["summarize-experiment", "--name", "seeds", "--dataset", "demo", "--runs", json.dumps(runs),
+            "--out", str(out), "--expect", json.dumps(expect)]
+    assert main([*argv, "--no-strict-expectations"]) == 0
+    verdicts = json.loads((out / "summary.json").read_text())["expectations"]
+    deeplab = statistics.fmean([0.60, 0.66, 0.75])
+    assert [(v["variant"], v["expectation"], v["holds"]) for v in verdicts] == [
+        ("recipe", "pseudo_labels - cams >= 0.05", True), ("recipe", "seg / supervised >= 0.88", True),
+        ("recipe", "std(seg) <= 0.03", False), ("recipe", "cams_train_subset >= 0.5", None)]
+    assert verdicts[1]["measured"] == pytest.approx(deeplab / 0.72, abs=1e-9)  # the means' ratio; seg is DeepLab
+    assert verdicts[2]["measured"] == pytest.approx(statistics.stdev([0.60, 0.66, 0.75]))
+    table = (out / "summary.md").read_text()
+    assert "## Expectations" in table and "2 hold, 1 fail, 1 not measured" in table
+    assert "| recipe | seg | `std(seg) <= 0.03` | 0.0755 | **fails** | a seed collapsed |" in table
+    assert "recipe: WARN expectation fails: seg: std(seg) <= 0.03: measured 0.0755; check: a seed collapsed" \
+        in capsys.readouterr().out
+    # strict: the same summary, and the command fails in one line naming the variant
+    assert main([*argv, "--strict-expectations"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "l2g summarize-experiment: error: expectation failed: recipe: seg: std(seg) <= 0.03: measured 0.0755; "
+        "check: a seed collapsed (strict_expectations)"]
+
+
 def test_summary_refuses_runs_that_are_not_json(tmp_path, capsys):
     assert main(["summarize-experiment", "--name", "x", "--dataset", "demo", "--runs", "{seed0:", "--out",
                  str(tmp_path)]) == 1
@@ -230,3 +262,93 @@ def test_docs_tables_puts_each_summary_in_its_block_and_leaves_a_block_not_made_
     assert docs_tables.main([str(doc), "--results-root", str(tmp_path)]) == 0
     assert "results/demo/experiments/crf/summary.md not made yet" in capsys.readouterr().err
     assert doc.read_text() == before
+
+
+def fake_run(root):
+    """A finished run's files under root/results/demo, as score-seg, score-pseudo-labels and
+    Snakemake's benchmarks write them (the numbers chosen by hand)."""
+    results = root / "results/demo"
+    stages = {name: {"miou": value, "best_threshold": 0.3, "split": "train", "num_images": 300,
+                     "file": f"results/demo/{name}/miou.json"}
+              for name, value in (("cls_cams", 0.449), ("control_cams", 0.458), ("cams", 0.468),
+                                  ("no_saliency_cams", 0.506))}
+    stages["pseudo_labels"] = {"miou": 0.602, "miou_no_crf": 0.573, "saliency_baseline": 0.589, "split": "train",
+                               "num_images": 300, "file": "results/demo/pseudo_labels/miou.json"}
+    (results / "pseudo_labels").mkdir(parents=True)
+    (results / "pseudo_labels/miou.json").write_text(json.dumps({"miou": 0.602, "ignored_fraction": 0.096}))
+    (results / "supervised").mkdir()
+    (results / "miou.json").write_text(json.dumps({"miou": 0.698, "miou_no_crf": 0.652, "split": "val",
+                                                   "stages": stages}))
+    (results / "supervised/miou.json").write_text(json.dumps({"miou": 0.778, "miou_no_crf": 0.747, "split": "val"}))
+    (results / "expectations.json").write_text(json.dumps({"holds": 1, "fails": 1, "not_measured": 0, "verdicts": [
+        {"expectation": "cams - control_cams >= 0.05", "holds": False},
+        {"expectation": "seg / supervised >= 0.88", "holds": True}]}))
+    benchmarks = results / "benchmarks"
+    benchmarks.mkdir()
+    for name, seconds, end in (("train_cls", 174.0, 1174), ("export_cams-1-of-2", 30.5, 1300),
+                               ("export_cams-2-of-2", 29.5, 1301), ("score_seg", 2.0, 2013),
+                               ("summarize_seeds", 5.0, 9000)):
+        path = benchmarks / f"{name}.tsv"
+        path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:01\t10.0\n")
+        os.utime(path, (end, end))
+    return results
+
+
+def test_docs_tables_fills_a_run_its_comparisons_and_its_times_from_the_files_they_name(tmp_path):
+    import docs_tables
+
+    fake_run(tmp_path)
+    doc = tmp_path / "README.md"
+    doc.write_text("Intro.\n\n<!-- run: results/demo -->\n*(not generated yet)*\n<!-- end run -->\n\n"
+                   "<!-- run-times: results/demo -->\nold\n<!-- end run-times -->\nAfter.\n")
+    assert docs_tables.main([str(doc), "--results-root", str(tmp_path)]) == 0
+    text = doc.read_text()
+    assert "| plain CAMs, stage 1 (`cls_cams/miou.json`) | train | 44.9 |" in text
+    assert "| L2G CAMs, without saliency (`no_saliency_cams/miou.json`) | train | 50.6 |" in text
+    assert "| saliency baseline: saliency > threshold, class from the L2G CAM (`pseudo_labels/miou.json`: " \
+           "`saliency_baseline`) | train | 58.9 |" in text
+    assert "| pseudo labels (`pseudo_labels/miou.json`: `miou`; 9.6% of pixels left at 255 (`ignored_fraction`)) " \
+           "| train | 60.2 |" in text
+    assert "| **DeepLab on the pseudo labels** (`miou.json`: `miou`; `miou_no_crf` 65.2) | val | **69.8** |" in text
+    assert "| the same DeepLab on the ground truth (`supervised/miou.json`: `miou`; `miou_no_crf` 74.7) | val | " \
+           "77.8 |" in text
+    # the comparisons are computed, with their numbers
+    assert "L2G's CAMs minus the control's (the same start and budget without the transfer): +1.0 points with " \
+           "saliency, +4.8 points without." in text
+    assert "reaches 89.7% of the same DeepLab on the ground truth (69.8 / 77.8; 87.3% without the CRF)" in text
+    assert "1 hold, 1 fail, 0 not measured (fails: `cams - control_cams >= 0.05`)." in text
+    # the times: shards summed, an experiment's summary left out, the span from the first start to the last end
+    assert "4 jobs (`results/demo/benchmarks/*.tsv`, one per job): 16 min 53 s from the first job's start to the " \
+           "last one's end, 3 min 56 s of job time in all." in text
+    assert "| train_cls | 1 | 174 |\n| export_cams | 2 | 60 |\n| score_seg | 1 | 2 |\n<!-- end run-times -->" in text
+    assert text.startswith("Intro.\n\n<!-- run: results/demo -->\nmIoU in percent") and text.endswith("After.\n")
+    # run again: nothing changes
+    assert docs_tables.main([str(doc), "--results-root", str(tmp_path)]) == 0 and doc.read_text() == text
+
+
+def test_docs_tables_leaves_a_run_not_made_yet_and_names_it(tmp_path, capsys):
+    import docs_tables
+
+    doc = tmp_path / "README.md"
+    before = "<!-- run: results/demo -->\n*(not generated yet)*\n<!-- end run -->\n" \
+             "<!-- run-times: results/demo -->\n*(not generated yet)*\n<!-- end run-times -->\n"
+    doc.write_text(before)
+    assert docs_tables.main([str(doc), "--results-root", str(tmp_path)]) == 0
+    assert doc.read_text() == before
+    err = capsys.readouterr().err
+    assert "results/demo not made yet (snakemake --cores 2): its run blocks are left as they are" in err
+    assert "its run-times blocks are left as they are" in err
+
+
+def test_docs_tables_counts_the_jobs_of_a_dry_run_in_an_empty_folder(tmp_path):
+    import docs_tables
+
+    doc = tmp_path / "README.md"
+    doc.write_text("<!-- jobs: snakemake -n --cores 2 -->\n38 jobs\n<!-- end jobs -->\n")
+    assert docs_tables.main([str(doc), "--results-root", str(tmp_path)]) == 0
+    line = doc.read_text().splitlines()[1]
+    counts = dict(re.findall(r"(\w+) (\d+)(?=[,)])", line))
+    assert line.startswith(f"**{sum(map(int, counts.values()))} jobs** (`snakemake -n --cores 2` in an empty folder")
+    # the shipped demo: 2 shards of each of the 4 CAM exports, the refinement and the 2 DeepLab predictions
+    assert counts["export_cams"] == "8" and counts["refine"] == "2" and counts["train_seg"] == "2"
+    assert counts["all"] == "1" and counts["report"] == "1"

@@ -192,3 +192,20 @@ def test_snakemake_report_gathers_the_captioned_figures(reported):
     # nothing left to do: the figures are up to date
     again = run_snakemake(reported, "-n", "--cores", "2", *REPORT)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_expectation_table_colours_each_verdict(tmp_path):
+    from l2g_core.expectations import judge
+
+    values = {"cams": 0.52, "control_cams": 0.46, "seg": 0.7}
+    verdicts = [judge({"stage": "cams", "minus": "control_cams", "min": 0.05, "hint": "the control " * 12}, values),
+                judge({"stage": "seg", "min": 0.8, "hint": "the labels"}, values),
+                judge({"stage": "seg", "divided_by": "supervised", "min": 0.88, "hint": "x"}, values)]
+    path = tmp_path / "expectations.png"
+    plots.expectation_table(path, verdicts, title="Expectations of demo")
+    pixels = png(path)
+    assert pixels.shape[1::-1] == expected_size(plots.expectation_figure_size(plots.expectation_rows(verdicts)))
+    for colour in plots.VERDICT_COLOURS.values():  # holds, fails, not measured
+        assert has_colour(pixels, [int(colour[i:i + 2], 16) for i in (1, 3, 5)], least=500)
+    plots.expectation_table(tmp_path / "none.png", [])  # no expectations declared: says so
+    assert (png(tmp_path / "none.png").min(axis=2) < 200).any()

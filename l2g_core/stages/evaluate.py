@@ -9,7 +9,8 @@ Outputs (each written atomically and rewritten on every run, the JSON last):
                     pixel_accuracy, class_names; for CAMs at the best threshold, plus
                     best_threshold, best_at_edge ("low" or "high" when the best is the sweep's
                     lowest or highest threshold, so the range may cut off the true best; else
-                    null) and sweep [{threshold, miou}, ...]
+                    null) and sweep [{threshold, miou}, ...]; expectations: the verdicts of
+                    --expect on this score (l2g_core.expectations)
     OUT.csv         class, iou, precision, recall (one row per class, background first)
     OUT_sweep.csv   threshold, miou (CAMs only)
 """
@@ -25,6 +26,7 @@ from l2g_core.data.layout import IGNORE_INDEX, VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores, sweep_confusions
+from l2g_core.expectations import add_options, judge_own, report
 from l2g_core.io_utils import write_json, write_text
 from l2g_core.parallel import available_cores
 from l2g_core.scoring import check_all_present, csv_text, load_png, size_error
@@ -47,6 +49,7 @@ def configure(parser):
     group.add_argument("--threshold", type=float, metavar="T",
                        help="CAMs: evaluate at this one background threshold instead of a sweep")
     parser.add_argument("--workers", type=int, default=available_cores(), help="threads reading files")
+    add_options(parser, "cams, cams_train_subset, ...")
 
 
 def choose_kind(kind, pred_dir, first_id):
@@ -168,9 +171,11 @@ def run(args):
         metrics["sweep"] = sweep
         write_text(out.with_name(f"{out.stem}_sweep.csv"), csv_text(
             ["threshold", "miou"], [[s["threshold"], s["miou"]] for s in sweep]))
+    metrics["expectations"] = judge_own(args, metrics)
     write_json(out, metrics)
     at = f" at threshold {best_threshold:g}" if sweep is not None else ""
     print(f"{manifest['name']} {args.split}: mIoU {best['miou']:.4f}{at} over {len(ids)} images ({kind})")
     if sweep is not None and metrics["best_at_edge"]:
         print(f"warning: the best threshold {best_threshold:g} is the {metrics['best_at_edge']} end of the sweep "
               f"{thresholds[0]:g}..{thresholds[-1]:g}; the best may lie beyond it (widen --thresholds)")
+    report(metrics["expectations"], args.strict_expectations)

@@ -12,6 +12,8 @@ Reads a finished results/{dataset} folder (RESULTS) and writes four PNGs into --
                        and flips of cams/manifest.json, the labelling of pseudo_labels/manifest.json
     loss_curves.png    each model's train_log.csv (cls, l2g, control, seg, supervised)
     run_times.png      seconds per stage from benchmarks/*.tsv (column s), shards of a stage summed
+    expectations.png   the run's expectations (config expect:) and their verdicts, from
+                       expectations.json (written by the final score)
 """
 
 import csv
@@ -25,10 +27,11 @@ from l2g_core import plots
 from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
+from l2g_core.expectations import summary_text
 from l2g_core.io_utils import read_json
 from l2g_core.pipeline import CAM_MODELS, L2G_RUNS, OPTIONAL, SCORED, SEG_MODELS, TRAINED_MODELS, metrics_path
 
-FIGURES = ("iou_per_class.png", "samples.png", "loss_curves.png", "run_times.png")
+FIGURES = ("iou_per_class.png", "samples.png", "loss_curves.png", "run_times.png", "expectations.png")
 # Bar colours of the scored stages (pipeline.SCORED), in order: CAMs in blues, the pseudo labels
 # green, DeepLab orange, the supervised reference grey.
 STAGE_COLOURS = ("#9ecae1", "#6baed6", "#2171b5", "#08306b", "#41ab5d", "#f16913", "#737373")
@@ -195,6 +198,7 @@ def run(args):
     scores = stage_scores(results)
     logs = train_logs(results)
     times = stage_times(results / "benchmarks")
+    verdicts = read_result(results / "expectations.json")["verdicts"]
     val = split_ids(manifest, "val")
     labels = json.loads(Path(manifest["labels"]).read_text())
     if args.ids:
@@ -212,4 +216,6 @@ def run(args):
                       title=f"{len(ids)} val images of {name} (CAMs and pseudo labels computed for the report)")
     plots.loss_curves(out / "loss_curves.png", logs, TRAINED_MODELS, title=f"Training losses ({name})")
     plots.run_times(out / "run_times.png", times, title=f"Run time of each stage of {name}, shards summed")
+    plots.expectation_table(out / "expectations.png", verdicts, title=f"Expectations of {name}: "
+                            + (summary_text(verdicts) if verdicts else "none declared"))
     print(f"plot-report: {', '.join(FIGURES)} in {out} (grid: {', '.join(ids)})")

@@ -9,7 +9,8 @@ One pass over the split gives three numbers against the ground truth:
                    at the best of --saliency-thresholds: what the saliency input of L2G gives
                    almost for free (only where the dataset has saliency maps)
 and, from `--cam-scores NAME=METRICS_JSON`, the CAM scores of the classifiers beside them
-(`cam_scores`: plain, control, L2G with and without saliency), so one file holds the comparison.
+(`cam_scores`: plain, control, L2G with and without saliency), so one file holds the comparison;
+`expectations`: the verdicts of --expect on these scores (l2g_core.expectations).
 """
 
 from pathlib import Path
@@ -22,6 +23,7 @@ from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores, sweep_confusions
+from l2g_core.expectations import add_options, judge_own, report
 from l2g_core.io_utils import write_json
 from l2g_core.parallel import available_cores
 from l2g_core.scoring import check_all_present, load_png, size_error, stage_summary
@@ -41,6 +43,7 @@ def configure(parser):
                         help="CAM metrics (l2g evaluate) to report beside the labels (repeatable)")
     parser.add_argument("--out", required=True, help="JSON to write (pseudo_labels/miou.json)")
     parser.add_argument("--workers", type=int, default=available_cores(), help="threads reading files")
+    add_options(parser, "pseudo_labels or pseudo_labels_train_subset; NAME_no_crf is its miou_no_crf")
 
 
 def cam_score(item):
@@ -99,8 +102,10 @@ def run(args):
         result["saliency_baseline"] = {"miou": sweep[best], "best_threshold": args.saliency_thresholds[best],
                                        "sweep": [{"threshold": t, "miou": m}
                                                  for t, m in zip(args.saliency_thresholds, sweep)]}
+    result["expectations"] = judge_own(args, result)
     write_json(args.out, result)
     baseline = result["saliency_baseline"]
     print(f"pseudo labels {args.split}: mIoU {written['miou']:.4f} (no CRF {no_crf['miou']:.4f}"
           + (f", saliency baseline {baseline['miou']:.4f})" if baseline else ")")
           + "".join(f"; {name} {summary['miou']:.4f}" for name, summary in cam_scores.items()))
+    report(result["expectations"], args.strict_expectations)

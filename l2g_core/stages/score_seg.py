@@ -5,9 +5,17 @@ one pass: the final labels (ID.png) and, where the CRF ran, the argmax before it
 `--stage NAME=METRICS_JSON` carries the numbers of earlier stages (plain CAMs, L2G CAMs, pseudo
 labels) into the same file, so one JSON tells the whole run.
 
+The final score also judges the run's expectations (l2g_core.expectations): --expect holds the
+ranges on this score and the margins between stages, judged on this score, the --stage files and
+the --reference files (earlier scores read for an expectation only: supervised); with --verdicts it
+writes every verdict of the run, those stored in the files it read and its own, as one table.
+
     OUT.json  miou, miou_no_crf, per_class_iou (by class name), per_class_iou_no_crf, precision,
-              recall, pixel_accuracy, split, num_images, crf, model, stages
+              recall, pixel_accuracy, split, num_images, crf, model, stages, expectations (the
+              verdicts judged here)
     OUT.csv   class, iou, iou_no_crf, precision, recall; a last row "mean" with the two mIoUs
+    VERDICTS  (--verdicts, .json) dataset, holds, fails, not_measured, verdicts; beside it, .md: the
+              table, also printed
 """
 
 from pathlib import Path
@@ -18,7 +26,8 @@ from l2g_core.data.layout import VOCLayout
 from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores
-from l2g_core.io_utils import write_json, write_text
+from l2g_core.expectations import add_options, counts, enforce, judge_own, report, run_table, scores_of
+from l2g_core.io_utils import read_json, write_json, write_text
 from l2g_core.parallel import available_cores
 from l2g_core.scoring import check_all_present, csv_text, load_png, size_error, stage_summary
 from l2g_core.shards import MANIFEST, NO_CRF_DIR, read_manifest
@@ -31,6 +40,10 @@ def configure(parser):
                         help="an earlier stage's metrics to carry into the result (repeatable)")
     parser.add_argument("--out", required=True, help="JSON to write (results/{dataset}/miou.json); CSV beside it")
     parser.add_argument("--workers", type=int, default=available_cores(), help="threads reading files")
+    parser.add_argument("--reference", action="append", default=[], metavar="NAME=METRICS_JSON",
+                        help="an earlier score an expectation names, not carried into the result (repeatable)")
+    parser.add_argument("--verdicts", help="JSON to write with every verdict of the run (.md beside it)")
+    add_options(parser, "seg or supervised; NAME_no_crf is its miou_no_crf")
 
 
 def run(args):
@@ -71,6 +84,21 @@ def run(args):
             for n in names]
     write_text(out.with_suffix(".csv"), csv_text(["class", "iou", "iou_no_crf", "precision", "recall"],
                                                  rows + [["mean", final["miou"], raw["miou"], None, None]]))
+    earlier, values = [], {}
+    for name, summary in [*stages.items(), *(stage_summary(item, "--reference") for item in args.reference)]:
+        metrics = read_json(summary["file"], "stage metrics not found")
+        values.update(scores_of(name, metrics))
+        earlier += metrics.get("expectations") or []
+    result["expectations"] = judge_own(args, result, values)
     write_json(out, result)
     print(f"{manifest['name']} {args.split}: mIoU {final['miou']:.4f} (no CRF {raw['miou']:.4f}) "
           f"over {len(ids)} images")
+    report(result["expectations"], strict=False)
+    if args.verdicts:
+        verdicts = earlier + result["expectations"]
+        table = run_table(manifest["name"], verdicts)
+        write_text(Path(args.verdicts).with_suffix(".md"), table)
+        write_json(args.verdicts, {"dataset": manifest["name"], **counts(verdicts), "verdicts": verdicts})
+        print(table, end="")
+        enforce(verdicts, args.strict_expectations)
+    enforce(result["expectations"], args.strict_expectations)

@@ -5,9 +5,13 @@ path}}}, where a kind is `final` (a run's miou.json: DeepLab and every earlier s
 `supervised` (supervised/miou.json) or a CAM folder (`cams`: cams/miou.json). The workflow's rule
 summarize_experiment writes it; each path may be the base dataset's file where the run shares it.
 
-    OUT/summary.json  per run its scores; per stage and variant n, mean, std (n - 1) and the values
+`--expect` (the config's experiments.NAME.expect, l2g_core.expectations) is judged per variant on
+the means over its runs and, for statistic: std, on their standard deviation.
+
+    OUT/summary.json  per run its scores; per stage and variant n, mean, std (n - 1) and the values;
+                      expectations: the verdicts, each with its variant
     OUT/summary.csv   stage, variant, n, mean, std, then one column per seed (mIoU in [0, 1])
-    OUT/summary.md    the mean ± std table (mIoU in %) and every run's value
+    OUT/summary.md    the mean ± std table (mIoU in %), every run's value, and which expectations hold
     OUT/summary.png   mean ± std per stage and variant, each run a dot
 """
 
@@ -17,6 +21,8 @@ from pathlib import Path
 
 from l2g_core import plots
 from l2g_core.errors import L2GError
+from l2g_core.expectations import (UNIT, add_options, enforce, judge_all, markdown_table, parse_entries, report,
+                                   summary_text)
 from l2g_core.io_utils import read_json, write_json, write_text
 from l2g_core.scoring import csv_text
 
@@ -35,6 +41,8 @@ LABELS = {
     "supervised": "supervised DeepLab",
 }
 RECIPE = "recipe"  # the variant name of a sweep of seeds alone
+# The scores an expectation names otherwise than the summary does: {summary's name: expectation's}.
+EXPECTATION_NAMES = {"deeplab": "seg", "deeplab_no_crf": "seg_no_crf"}
 
 
 def configure(parser):
@@ -42,6 +50,7 @@ def configure(parser):
     parser.add_argument("--dataset", required=True, help="the dataset it sweeps")
     parser.add_argument("--runs", required=True, help="JSON: {run: {variant, seed, metrics: {kind: path}}}")
     parser.add_argument("--out", required=True, help="folder for summary.json, .csv, .md and .png")
+    add_options(parser)
 
 
 def run_scores(metrics):
@@ -123,6 +132,23 @@ def markdown(name, dataset, runs, summary):
     return "\n".join(lines) + "\n"
 
 
+def judge_variants(entries, summary):
+    """The verdicts of the expectations on each variant's means (and stds), each with its variant."""
+    verdicts = []
+    for variant in summary["variants"]:
+        stats = {EXPECTATION_NAMES.get(score, score): by_variant[variant]
+                 for score, by_variant in summary["stages"].items() if variant in by_variant}
+        means = {name: stat["mean"] for name, stat in stats.items()}
+        stds = {name: stat["std"] for name, stat in stats.items()}
+        verdicts += [{"variant": variant, **verdict} for verdict in judge_all(entries, means, stds)]
+    return verdicts
+
+
+def expectations_markdown(verdicts):
+    return ("\n## Expectations\n\nJudged on the mean over each variant's runs (std: their sample standard "
+            f"deviation). {UNIT} {summary_text(verdicts)}.\n\n" + markdown_table(verdicts, first=(("variant", "variant"),)))
+
+
 def seed_label(seed):
     return f"seed{seed}" if seed is not None else "value"
 
@@ -151,12 +177,21 @@ def run(args):
     runs = {name: {"variant": entry.get("variant") or RECIPE, "seed": entry.get("seed"),
                    "metrics": entry["metrics"], "scores": run_scores(entry["metrics"])}
             for name, entry in read_runs(args.runs).items()}
+    entries = parse_entries(args.expect)
     summary = summarize(runs)
+    verdicts = judge_variants(entries, summary)
     out = Path(args.out)
-    write_json(out / "summary.json", {"experiment": args.name, "dataset": args.dataset, **summary, "runs": runs})
+    write_json(out / "summary.json", {"experiment": args.name, "dataset": args.dataset, **summary, "runs": runs,
+                                      "expectations": verdicts})
     write_text(out / "summary.csv", csv_table(runs, summary))
-    write_text(out / "summary.md", markdown(args.name, args.dataset, runs, summary))
+    write_text(out / "summary.md", markdown(args.name, args.dataset, runs, summary)
+               + (expectations_markdown(verdicts) if verdicts else ""))
     plots.experiment_summary(out / "summary.png", {LABELS.get(s, s): v for s, v in summary["stages"].items()},
                              summary["variants"], title=f"Experiment {args.name} on {args.dataset}")
     print(f"{args.dataset} experiment {args.name}: {len(runs)} runs, {len(summary['variants'])} variant(s), "
           f"{len(summary['stages'])} scores")
+    by_variant = {variant: [v for v in verdicts if v["variant"] == variant] for variant in summary["variants"]}
+    for variant, judged in by_variant.items():
+        report(judged, strict=False, prefix=f"{variant}: ")
+    for variant, judged in by_variant.items():
+        enforce(judged, args.strict_expectations, prefix=f"{variant}: ")

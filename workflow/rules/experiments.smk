@@ -1,7 +1,8 @@
 # Experiments (config `experiments:`): every variant and seed of a sweep is a run of its own,
 # results/{dataset}/experiments/{experiment}/{run}/, reading each upstream output from the dataset's
 # own folder wherever it would be made the same way (common.smk: at). The summary puts the runs
-# side by side: mean +- std per stage and variant, every run's value, a plot.
+# side by side: mean +- std per stage and variant, every run's value, a plot, and the verdicts of
+# the experiment's expect: on each variant's means (and std).
 
 
 rule summarize_experiment:
@@ -17,6 +18,7 @@ rule summarize_experiment:
         experiment=one_of(EXPERIMENTS),
     params:
         runs=experiment_runs,
+        expect=lambda wc: json.dumps(entries(config["experiments"][wc.experiment].get("expect") or {})),
     conda:
         CONDA_ENV
     log:
@@ -28,4 +30,5 @@ rule summarize_experiment:
         **job_resources("summarize_experiment"),
     shell:
         "l2g summarize-experiment --name {wildcards.experiment} --dataset {wildcards.dataset} --runs {params.runs:q}"
+        " --expect {params.expect:q}"
         " --out results/{wildcards.dataset}/experiments/{wildcards.experiment} > {log} 2>&1"

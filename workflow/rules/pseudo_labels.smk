@@ -43,6 +43,7 @@ rule score_pseudo_labels:
         split=scored_split,
         labels=folder_of("labels"),
         cams=folder_of("cams"),
+        expect=expect_flags(lambda wc: f"pseudo_labels{wc.part}"),
     conda:
         CONDA_ENV
     log:
@@ -55,4 +56,4 @@ rule score_pseudo_labels:
     shell:
         "l2g score-pseudo-labels --manifest {input.manifest} --split {params.split}"
         " --labels {params.labels} --cams {params.cams}"
-        " {params.cam_scores} --out {output.metrics} --workers {threads} > {log} 2>&1"
+        " {params.cam_scores} {params.expect} --out {output.metrics} --workers {threads} > {log} 2>&1"

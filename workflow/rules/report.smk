@@ -1,5 +1,6 @@
 # The figures of a finished run for `snakemake --report report.html` (l2g plot-report): per-class
-# IoU of each stage, val images through the pipeline, training losses and stage run times. Each
+# IoU of each stage, val images through the pipeline, training losses, stage run times and the
+# verdicts of the run's expectations (expectations.json, from the final score). Each
 # PNG is a report item with a caption (workflow/report/*.rst). The train logs and benchmark files
 # it also reads are written beside the models and by Snakemake, not declared by rules: the models
 # and the two final scores (the last jobs of the chain) stand for them.
@@ -10,6 +11,7 @@ rule report:
         manifest="results/{dataset}/data/manifest.json",
         final="results/{dataset}/miou.json",
         supervised="results/{dataset}/supervised/miou.json",
+        expectations="results/{dataset}/expectations.json",
         scores=lambda wc: list(summary_metrics(wc.dataset).values()),
         models=expand("results/{{dataset}}/{model}/model.pt", model=TRAINED_MODELS),
         cams="results/{dataset}/cams/manifest.json",
@@ -40,6 +42,12 @@ rule report:
             "results/{dataset}/report/run_times.png",
             caption="../report/run_times.rst",
             category="4. Run times",
+            subcategory="{dataset}",
+        ),
+        expectations=report(
+            "results/{dataset}/report/expectations.png",
+            caption="../report/expectations.rst",
+            category="1. Scores",
             subcategory="{dataset}",
         ),
     params:

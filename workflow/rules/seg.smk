@@ -81,16 +81,23 @@ rule label_seg:
         " --shard {wildcards.shard}/{wildcards.shards} --workers {threads} {params.options} > {log} 2>&1"
 
 
+# The final score also judges the run's expectations (config expect:): the ranges on seg and every
+# margin between two stages, and writes all the run's verdicts as one table (expectations.md,
+# printed at the end of the job).
 rule score_seg:
     input:
         unpack(stage_metrics(summary_metrics)),
+        unpack(reference_metrics),
         manifest=MANIFEST,
         pred=result("seg/pred/manifest.json"),
     output:
         metrics="results/{dataset}/miou.json",
         table="results/{dataset}/miou.csv",
+        verdicts="results/{dataset}/expectations.json",
+        verdicts_md="results/{dataset}/expectations.md",
     params:
         stages=stage_options("stage", summary_metrics),
+        expect=final_expect_options,
         pred=folder_of("pred"),
     conda:
         CONDA_ENV
@@ -102,7 +109,7 @@ rule score_seg:
     resources:
         **job_resources("score_seg"),
     shell:
-        SCORE_SEG_COMMAND
+        f"{SCORE_SEG_COMMAND} && cat {{output.verdicts_md}}"
 
 
 rule score_supervised:
@@ -114,6 +121,7 @@ rule score_supervised:
         table="results/{dataset}/supervised/miou.csv",
     params:
         stages="",
+        expect=expect_flags(lambda wc: "supervised"),
         pred=folder_of("pred"),
     conda:
         CONDA_ENV
