@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from l2g_core import __version__
+from l2g_core import __version__, gpus
 from l2g_core.errors import L2GError
 
 # (subcommand, module, one-line help), in pipeline order.
@@ -17,6 +17,8 @@ STAGES = (
     ("make-synthetic", "l2g_core.stages.make_synthetic", "generate the synthetic demo dataset (VOC layout)"),
     ("prepare-coco", "l2g_core.stages.prepare_coco", "convert MS COCO 2014 instances to the VOC layout"),
     ("prepare", "l2g_core.stages.prepare", "check a dataset and write its manifest and image-level labels"),
+    ("doctor", "l2g_core.stages.doctor",
+     "everything a run of a dataset needs, checked before the first GPU hour: one table, exit 1 on a problem"),
     ("convert-weights", "l2g_core.stages.convert_weights",
      "convert MXNet .params weights (the released ImageNet ResNet-38) to a torch state dict"),
     ("train-cls", "l2g_core.stages.train_cls", "stage 1: train the CAM classifier on image-level labels"),
@@ -62,6 +64,12 @@ def build_parser(modules=None):
 
 
 def main(argv=None):
+    if argv is None:  # the `l2g` program (not a call from Python): in a DDP rank under torchrun,
+        try:  # die with torchrun and hold the job's GPU claim (l2g_core.gpus)
+            gpus.join_claim()
+        except L2GError as error:
+            print(f"l2g: error: {error}", file=sys.stderr)
+            return 1
     argv = sys.argv[1:] if argv is None else argv
     # Import only the module of the chosen stage (a bare `l2g --help` imports none).
     chosen = [name for name, _, _ in STAGES if name in argv[:1]]

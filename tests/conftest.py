@@ -12,10 +12,19 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+# The tiny demo is far too small to meet the demo's expectations (config datasets.demo.expect:
+# margins of 5 points over the control, 0.88 of the supervised DeepLab): its runs declare what any
+# finished tiny run meets, so that the demo chain runs with strict_expectations (finished_demo) and
+# still goes through the machinery: a range judged by its scorer, a ratio by the final score.
+TINY_EXPECT = {"cams": [{"min": 0.0, "max": 1.0, "hint": "an mIoU is a fraction of 1"}],
+               "seg": [{"divided_by": "supervised", "min": 0.0, "hint": "a ratio of two mIoUs is not negative"}]}
+
+
 def tiny_config(**demo_overrides):
-    """The shipped config with the demo shrunk to seconds of CPU work."""
+    """The shipped config with the demo shrunk to seconds of CPU work (and expectations it meets)."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     demo = config["datasets"]["demo"]
+    demo["expect"] = TINY_EXPECT
     demo["synthetic"] = {"train": 12, "val": 4, "size": 64, "seed": 0}
     demo["train_cls"].update(input_size=64, epochs=1, batch_size=4)
     demo["train_l2g"].update(input_size=64, crop_size=32, num_crops=4, epochs=1, batch_size=4)
@@ -97,30 +106,11 @@ def finished_demo(tmp_path_factory):
     from l2g_core.stages.plot_report import FIGURES
 
     workdir = tmp_path_factory.mktemp("chain")
-    run_snakemake(workdir, "--cores", "2", *FINAL_TARGETS, *(f"results/demo/report/{f}" for f in FIGURES))
+    config = tiny_config()
+    config["strict_expectations"] = True  # CI: a failed expectation of the tiny demo fails the chain
+    run_snakemake(workdir, "--cores", "2", *FINAL_TARGETS, *(f"results/demo/report/{f}" for f in FIGURES),
+                  config=config)
     return workdir
-
-
-def deeplab_pytorch_names(state):
-    """Our ResNet-101 DeepLab names -> deeplab-pytorch's (the inverse of the conversion, by hand)."""
-    units = {"conv1": "reduce.conv", "bn1": "reduce.bn", "conv2": "conv3x3.conv", "bn2": "conv3x3.bn",
-             "conv3": "increase.conv", "bn3": "increase.bn", "downsample.0": "shortcut.conv",
-             "downsample.1": "shortcut.bn"}
-    out = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        if key.startswith("aspp."):
-            out["base." + key] = value
-            continue
-        parts = key.split(".")[1:]  # drop "backbone"
-        if parts[0] in ("conv1", "bn1"):
-            out[f"base.layer1.conv1.{'conv' if parts[0] == 'conv1' else 'bn'}.{parts[1]}"] = value
-            continue
-        layer, block, rest = int(parts[0][5:]), int(parts[1]), ".".join(parts[2:])
-        unit = next(u for u in sorted(units, key=len, reverse=True) if rest.startswith(u + "."))
-        out[f"base.layer{layer + 1}.block{block + 1}.{units[unit]}.{rest[len(unit) + 1:]}"] = value
-    return out
 
 
 def stage_args(stage, section, *extra):

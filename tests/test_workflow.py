@@ -138,17 +138,19 @@ def test_lint_is_clean(tmp_path):
 def voc_sized(tmp_path):
     """A config whose voc root is a VOC-sized folder of split lists, with its init files in place."""
     root = tmp_path / "VOC2012"
-    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    for folder in ("JPEGImages", "SegmentationClassAug", "Sal"):  # what `snakemake -n` checks (l2g_core/preflight.py)
+        (root / folder).mkdir(parents=True, exist_ok=True)
     lists = root / "ImageSets/Segmentation"
     lists.mkdir(parents=True, exist_ok=True)
     (lists / "train_aug.txt").write_text("".join(f"2007_{i:06d}\n" for i in range(10582)))
+    (lists / "train.txt").write_text("".join(f"2007_{i:06d}\n" for i in range(1464)))
     (lists / "val.txt").write_text("".join(f"2008_{i:06d}\n" for i in range(1449)))
     config = tiny_config()
     config["datasets"]["voc"]["root"] = str(root)
-    for init in ("train_cls", "train_seg"):  # a dry run only needs the files to exist
+    for init in ("train_cls", "train_seg"):  # a dry run reads only the first bytes: a small torch file
         path = tmp_path / config["datasets"]["voc"][init]["init"]
         path.parent.mkdir(exist_ok=True)
-        path.touch()
+        torch.save({}, path)
     return config
 
 
@@ -182,7 +184,7 @@ def test_voc_l2g_and_control_start_from_the_imagenet_weights_not_stage_1(tmp_pat
         assert "--init-from" not in line
         assert "--backbone resnet38" in line and "--init weights/resnet38_imagenet.pt" in line and "--pcm" in line
     l2g = next(c for c in commands if "l2g train-l2g" in c)
-    assert "--bg-thr 0.001" in l2g and "--roi-align legacy" in l2g and "--no-amp" in l2g
+    assert "--bg-thr 0.001" in l2g and "--roi-align legacy" in l2g and "--precision fp32" in l2g
     stage1 = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "8", "--", "results/voc/l2g/model.pt",
                                         config=voc_sized(tmp_path)))
     assert "train_cls" not in stage1 and stage1["train_l2g"] == 1
@@ -214,3 +216,58 @@ def test_gpu_jobs_claim_distinct_devices_and_a_2_gpu_training_runs_ddp(tmp_path)
     claims = [re.search(r"claimed GPU\(s\) (\d) of 0,1", (logs / f"export_cls_cams-{i}-of-2.log").read_text())
               for i in (1, 2)]
     assert all(claims) and {m.group(1) for m in claims} == {"0", "1"}  # started together: one each
+
+
+# --- expected numbers (config expect:, l2g_core.expectations) -----------------------------------
+
+
+def test_every_score_carries_its_verdicts_and_the_run_ends_with_their_table(finished):
+    """The tiny demo ran with strict_expectations and conftest.TINY_EXPECT: a range on cams judged
+    by its scorer, a ratio seg / supervised judged by the final score, which read supervised for it."""
+    results = finished / "results/demo"
+    cams = json.loads((results / "cams/miou.json").read_text())["expectations"]
+    assert [(v["stage"], v["expectation"], v["holds"]) for v in cams] == [("cams", "0 <= cams <= 1", True)]
+    assert json.loads((results / "control_cams/miou.json").read_text())["expectations"] == []
+    final = json.loads((results / "miou.json").read_text())["expectations"]
+    supervised = json.loads((results / "supervised/miou.json").read_text())["miou"]
+    assert [(v["expectation"], v["values"]) for v in final] == [
+        ("seg / supervised >= 0", {"seg": json.loads((results / "miou.json").read_text())["miou"],
+                                   "supervised": supervised})]
+    table = json.loads((results / "expectations.json").read_text())
+    assert [v["expectation"] for v in table["verdicts"]] == ["0 <= cams <= 1", "seg / supervised >= 0"]
+    assert table["fails"] == 0
+    markdown = (results / "expectations.md").read_text()
+    assert markdown.startswith("# Expectations of demo") and "| cams | `0 <= cams <= 1` |" in markdown
+    assert markdown in (results / "logs/score_seg.log").read_text()
+    assert "expectation holds: cams: 0 <= cams <= 1" in (results / "logs/evaluate_cams.log").read_text()
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_failed_expectation_warns_and_fails_the_run_only_under_strict(finished, tmp_path, strict):
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished, workdir, symlinks=True)
+    config = tiny_config()
+    config["datasets"]["demo"]["expect"] = {
+        "cams": [{"min": 0.99, "hint": "CHECK THE CAMS"}],
+        "seg": [{"minus": "pseudo_labels", "min": 0.9, "hint": "CHECK THE LABELS"}]}
+    config["strict_expectations"] = strict
+    result = run_snakemake(workdir, "--cores", "2", *FINAL, config=config, check=False)
+    results = workdir / "results/demo"
+    log = (results / "logs/evaluate_cams.log").read_text().splitlines()
+    measured = json.loads((results / "cams/miou.json").read_text())["miou"] if not strict else None
+    if not strict:
+        assert result.returncode == 0
+        assert f"WARN expectation fails: cams: cams >= 0.99: measured {measured:.4f}; check: CHECK THE CAMS" in log
+        table = json.loads((results / "expectations.json").read_text())
+        assert [(v["stage"], v["holds"]) for v in table["verdicts"]] == [("cams", False), ("seg", False)]
+        assert "| seg | `seg - pseudo_labels >= 0.9` |" in (results / "expectations.md").read_text()
+    else:
+        assert result.returncode != 0
+        errors = [line for line in log if "error" in line]
+        assert len(errors) == 1 and re.fullmatch(
+            r"l2g evaluate: error: expectation failed: cams: cams >= 0\.99: measured 0\.\d{4}; "
+            r"check: CHECK THE CAMS \(strict_expectations\)", errors[0])
+        assert errors[0] in result.stdout + result.stderr  # Snakemake shows the failed job's log
+        assert not (results / "cams/miou.json").exists()  # the failed job's output is removed

@@ -1,6 +1,7 @@
 # Config validation, wildcard constraints, input functions and job settings shared by every rule.
 import copy
 import json
+import os
 import re
 import shlex
 import sys
@@ -8,10 +9,13 @@ from pathlib import Path
 
 from l2g_core.config import require_root, validate_config
 from l2g_core.errors import L2GError
+from l2g_core.expectations import NO_CRF, STRICT_ENV, entries, margins, ranges
 from l2g_core.experiments import MARK, all_runs, run_settings, split_run
+from l2g_core.preflight import check_data, check_init
 from l2g_core.pipeline import (CAM_MODELS, L2G_RUNS, SEG_MODELS, SHARDED, SUBSET, TRAINED_MODELS, cam_folders,
-                               control_options, from_stage1, l2g_options, made_with, prediction_options, product_of,
-                               seg_options, summary_stages, threshold_from_cams)
+                               control_options, expectation_inputs, from_stage1, l2g_options, made_with,
+                               metrics_path, prediction_options, product_of, scored_stages, seg_options,
+                               summary_stages, threshold_from_cams)
 from l2g_core.workflow_support import cli_flags, current_outputs, job_environment, record_outputs
 
 job_environment(workflow.basedir)
@@ -32,6 +36,9 @@ except L2GError as error:
     fail(error)
 
 DATASETS = config["datasets"]
+# strict_expectations reaches the scoring jobs through their environment, not as a parameter: it
+# changes no output, so switching it reruns nothing (l2g_core.expectations).
+os.environ[STRICT_ENV] = "1" if config.get("strict_expectations") else "0"
 SYNTHETIC = [name for name, ds in DATASETS.items() if ds["kind"] == "synthetic"]
 EXPERIMENTS = all_runs(config)
 # Every experiment's runs of every dataset: datasets of their own, results/{dataset}/experiments/NAME/RUN.
@@ -115,9 +122,31 @@ def dataset_root(wildcards):
         fail(error)
 
 
-def synthetic_input(wildcards):
-    """The generated folder for a synthetic dataset; real datasets have no rule-made input."""
-    return [dataset_root(wildcards)] if wildcards.dataset in SYNTHETIC else []
+_preflighted = set()
+
+
+def preflight(dataset):
+    """The checks of a real dataset's folder that need no job (l2g_core.preflight: layout, split
+    lists, saliency maps where the run reads them), for `dataset`'s run: input functions call this,
+    so `snakemake -n` refuses a run that would stop hours in, and only for the datasets a target
+    reaches (a dataset without a root is no error until it is targeted). Once per dataset or run."""
+    base = split_run(dataset)[0]
+    if dataset in _preflighted or base in SYNTHETIC:
+        return
+    try:
+        check_data(dataset, settings(dataset), require_root(config, base))
+    except L2GError as error:
+        fail(error)
+    _preflighted.add(dataset)
+
+
+def dataset_input(wildcards):
+    """prepare's input: the generated folder for a synthetic dataset; a real dataset's folder is
+    checked here (it has no rule-made input)."""
+    if wildcards.dataset in SYNTHETIC:
+        return [dataset_root(wildcards)]
+    preflight(wildcards.dataset)
+    return []
 
 
 def stage_flags(stage):
@@ -141,22 +170,58 @@ def job_setting(kind, rule):
     return setting
 
 
+SLURM = {key: value for key, value in (config.get("slurm") or {}).items() if value}  # profiles/slurm's config:
+
+
 def job_resources(rule):
-    return {kind: job_setting(kind, rule) for kind in ("gpu", "mem_mb", "runtime")}
+    """A rule's resources: gpu, mem_mb and runtime from the dataset's `jobs`, and where SLURM runs
+    the job (the config's `slurm` section, set by profiles/slurm): a job with GPUs in gpu_partition
+    and gpu_account, any other in partition and account. With `gres`, the GPUs are asked for as
+    --gres=GRES:N (the executor plugin's `gres`) and the `gpu` resource is 0, since the plugin
+    would send --gpus=N beside it, which SLURM rejects; the count then travels as `l2g_gpus`."""
+    resources = {kind: job_setting(kind, rule) for kind in ("mem_mb", "runtime")}
+    gpus = job_setting("gpu", rule)
+    if "gres" in SLURM:
+        resources["gpu"] = 0
+        resources["l2g_gpus"] = gpus
+        resources["gres"] = lambda wc: f"{SLURM['gres']}:{gpus(wc)}" if gpus(wc) else ""
+    else:
+        resources["gpu"] = gpus
+    for setting, resource in (("partition", "slurm_partition"), ("account", "slurm_account")):
+        if setting in SLURM or f"gpu_{setting}" in SLURM:
+            cpu = SLURM.get(setting, "")
+            gpu = SLURM.get(f"gpu_{setting}", cpu)
+            resources[resource] = lambda wc, cpu=cpu, gpu=gpu: gpu if gpus(wc) else cpu
+    return resources
 
 
 def loader_workers(wildcards, threads, resources):
-    """--workers of a training or CAM export job (its section's `workers`, placed after, wins): on
-    GPUs, all but one of the job's threads decode images while the main thread feeds the devices;
-    on the CPU none, since the job's threads are the computation."""
-    return f"--workers {max(threads - 1, 0) if resources.gpu else 0}"
+    """--workers of a training job, per DDP process (its section's `workers`, placed after, wins):
+    on GPUs, the job's threads are split over its processes, one per GPU (l2g with-gpus gives each
+    OMP_NUM_THREADS = threads / GPUs), and all but one of a process's share decode images while its
+    main thread feeds its device; on the CPU none, since the job's threads are the computation."""
+    gpus = job_gpus(resources)
+    return f"--workers {max(threads // gpus - 1, 0)}" if gpus else "--workers 0"
+
+
+def export_workers(wildcards, threads, resources):
+    """--workers of a CAM export job: one process, whatever its GPU count, so all but one of the
+    job's threads decode images (its section's `workers`, placed after, wins); on the CPU none."""
+    return f"--workers {max(threads - 1, 0) if job_gpus(resources) else 0}"
+
+
+def job_gpus(resources):
+    """The GPU count of a job (in the gres form, `gpu` is 0 and the count is l2g_gpus)."""
+    return resources.l2g_gpus if "gres" in SLURM else resources.gpu
 
 
 def launch(ddp=False):
     """The start of a job's shell line: torch threads as the job's threads, and `l2g with-gpus`,
-    which claims the job's GPUs (none: CPU, said in the log) and hides every other device."""
+    which claims the job's GPUs (none: CPU, said in the log) and hides every other device. Under
+    DDP, with-gpus shares the threads out over the processes (one per GPU)."""
     ddp_flag = " --ddp" if ddp else ""
-    return f"OMP_NUM_THREADS={{threads}} l2g with-gpus --count {{resources.gpu}}{ddp_flag} -- "
+    count = "{resources.l2g_gpus}" if "gres" in SLURM else "{resources.gpu}"  # see job_resources
+    return f"OMP_NUM_THREADS={{threads}} l2g with-gpus --count {count}{ddp_flag} -- "
 
 
 def shard_manifests(wildcards):
@@ -168,7 +233,13 @@ def shard_manifests(wildcards):
 
 # --- stage-specific input functions --------------------------------------------------------------
 
-MANIFEST = result("data/manifest.json")
+def MANIFEST(wildcards):
+    """Input function of every stage after prepare: the dataset's manifest, once the run's own
+    settings passed the preflight (an experiment's variant may read saliency that its base does not)."""
+    preflight(wildcards.dataset)
+    return at(wildcards.dataset, "data/manifest.json")
+
+
 # The scored part of the training split: "" (all of it, miou.json) or _train_subset.
 PARTS = f"|_{SUBSET}"
 
@@ -209,15 +280,14 @@ def control_flags(wildcards):
     return cli_flags(control_options(settings(wildcards.dataset)))
 
 
-def init_file(init):
-    """The weights file an `init` setting names (an input of its job), or None for a torchvision
-    weights name, scratch, stage1 or null. A missing file is a one-line config error."""
-    if init is None or init in ("scratch", "stage1") or re.fullmatch(r"[A-Z][A-Z0-9_]*", init):
-        return None
-    if not Path(init).is_file():
-        fail(f"{init}: init weights file not found (README, PASCAL VOC: l2g convert-weights, "
-             f"deeplab-pytorch's converted DeepLab weights)")
-    return init
+def init_file(dataset, section):
+    """The weights file `section.init` of `dataset` names (an input of its job), or None for a
+    torchvision weights name, scratch, stage1 or null. A missing or empty file, or one that is no
+    torch file by its first bytes, is a one-line config error (l2g_core.preflight.check_init)."""
+    try:
+        return check_init(dataset, section, settings(dataset)[section].get("init"))
+    except L2GError as error:
+        fail(error)
 
 
 def stage2_inputs(wildcards):
@@ -226,8 +296,8 @@ def stage2_inputs(wildcards):
     inputs = {"manifest": MANIFEST(wildcards)}
     if from_stage1(dataset):
         inputs["init"] = at(wildcards.dataset, "cls/model.pt")
-    elif init_file(dataset["train_cls"].get("init")):
-        inputs["weights"] = dataset["train_cls"]["init"]
+    elif weights := init_file(wildcards.dataset, "train_cls"):
+        inputs["weights"] = weights
     return inputs
 
 
@@ -237,7 +307,7 @@ def init_from(wildcards, input):
 
 def weights_input(stage):
     """Input function: the init weights file of `stage`'s section, if it names one."""
-    return lambda wc: [path] if (path := init_file(settings(wc.dataset)[stage].get("init"))) else []
+    return lambda wc: [path] if (path := init_file(wc.dataset, stage)) else []
 
 
 def refine_inputs(wildcards):
@@ -261,8 +331,8 @@ def seg_inputs(wildcards):
     init = settings(wildcards.dataset)["train_seg"].get("init")
     if init == "stage1":
         inputs["init"] = at(wildcards.dataset, "cls/model.pt")
-    elif init_file(init):
-        inputs["weights"] = init
+    elif weights := init_file(wildcards.dataset, "train_seg"):
+        inputs["weights"] = weights
     return inputs
 
 
@@ -275,8 +345,40 @@ def seg_flags(wildcards):
     return cli_flags(seg_options(settings(wildcards.dataset)))
 
 
+# --- expectations (config expect:, l2g_core.expectations) ----------------------------------------
+
+
+def expect_flags(name, final=False):
+    """Params function: --name and --expect of a scoring job whose score is `name(wildcards)`: the
+    ranges on that score (and on NAME_no_crf); the final score also gets every margin, and writes
+    the run's verdict table."""
+    def flags(wildcards):
+        stage = name(wildcards)
+        expect = settings(wildcards.dataset).get("expect") or {}
+        entries = ranges(expect, [stage, f"{stage}{NO_CRF}"]) + (margins(expect) if final else [])
+        return f"--name {stage}" + (f" --expect {shlex.quote(json.dumps(entries))}" if entries else "")
+    return flags
+
+
+def reference_metrics(wildcards):
+    """{reference_NAME: miou.json} of the scores the final score reads for the expectations only."""
+    dataset = settings(wildcards.dataset)
+    names = {product: name for name, product in reversed(scored_stages(dataset).items())}
+    return {f"reference_{names[product]}": at(wildcards.dataset, metrics_path(product))
+            for product in expectation_inputs(dataset)}
+
+
+def final_expect_options(wildcards, input, output):
+    """Params function of score_seg: its --expect (ranges on seg and every margin), the earlier
+    scores read for them (--reference) and the run's verdict table (--verdicts)."""
+    references = [f"--reference {key[len('reference_'):]}={input[key]}" for key in input.keys()
+                  if key.startswith("reference_")]
+    return " ".join([expect_flags(lambda wc: "seg", final=True)(wildcards), *references,
+                     f"--verdicts {output.verdicts}"])
+
+
 SCORE_SEG_COMMAND = ("l2g score-seg --manifest {input.manifest} --split val --pred {params.pred}"
-                     " {params.stages} --out {output.metrics} --workers {threads} > {log} 2>&1")
+                     " {params.stages} {params.expect} --out {output.metrics} --workers {threads} > {log} 2>&1")
 
 
 # --- experiments ---------------------------------------------------------------------------------
