@@ -168,10 +168,11 @@ def check_experiments(config):
             if variant.startswith("seed"):
                 raise L2GError(f"experiments.{name}.variants.{variant}: a variant name may not start with 'seed' "
                                f"(the runs of a seed are named seedN)")
-        final = experiment.get("score", "final") == "final"
-        names = score_names(CAM_MODELS, subset=True, final=final)
-        check_expectations(f"experiments.{name}.expect", experiment.get("expect") or {}, names,
-                           "" if final else " (score: cams stops at the CAM scores)")
+        score = experiment.get("score", "final")
+        names = score_names(CAM_MODELS, subset=True, upto=score)
+        stops = {"cams": " (score: cams stops at the CAM scores)",
+                 "pseudo_labels": " (score: pseudo_labels stops at the pseudo labels)"}
+        check_expectations(f"experiments.{name}.expect", experiment.get("expect") or {}, names, stops.get(score, ""))
 
 
 def check_expectations(where, expect, names, why=""):

@@ -20,8 +20,8 @@ DATA_KEYS = ("kind", "root", "synthetic", "splits", "classes", "empty_images", "
 # The rules, by the name their jobs' settings go under (jobs.threads, gpu, mem_mb, runtime: the
 # schema's per-rule keys are these; score_supervised's jobs take score_seg's).
 RULES = ("make_synthetic", "prepare", "train_cls", "train_l2g", "train_control", "export_cams", "evaluate_cams",
-         "refine", "score_pseudo_labels", "train_seg", "predict_seg", "label_seg", "score_seg", "gather", "report",
-         "summarize_experiment")
+         "saliency", "score_saliency", "refine", "score_pseudo_labels", "train_seg", "predict_seg", "label_seg",
+         "score_seg", "gather", "report", "summarize_experiment")
 # The classifiers whose CAMs are exported: {CAM folder: model folder}.
 CAM_MODELS = {"cls_cams": "cls", "control_cams": "control", "cams": "l2g", "no_saliency_cams": "l2g_no_saliency"}
 # The L2G runs: {model folder: config section of its options}; the second only where the config sets it.
@@ -42,8 +42,18 @@ SCORED = {"cls_cams/miou": "plain CAMs, stage 1", "control_cams/miou": "control 
           "seg/miou": "DeepLab on pseudo labels", "supervised/miou": "supervised DeepLab reference"}
 # Outputs a run makes only where the config asks for them (train_l2g_no_saliency).
 OPTIONAL = ("l2g_no_saliency", "no_saliency_cams", "no_saliency_cams/miou")
+# Where a run's saliency maps come from (the dataset's `saliency: {source: ...}`): ROOT/Sal as the
+# dataset brings them (folder, the default), or made by the pipeline into results/{dataset}/saliency/
+# (`l2g saliency`): from the stage-1 CAMs (cams) or by a salient-object network (detector).
+SALIENCY_SOURCES = ("folder", "cams", "detector")
+# The keys of the saliency section each source reads (the others are left to the other sources).
+SALIENCY_OPTIONS = {"folder": (), "detector": ("weights", "input_size"),
+                    "cams": ("threshold", "power", "crf", "iterations", "pos_w", "pos_xy_std", "bi_w", "bi_xy_std",
+                             "bi_rgb_std")}
+SALIENCY = "saliency"  # the folder of the pipeline's maps, and their product
 # Per-image folders made in shards, and the split each covers.
-SHARDED = {**dict.fromkeys(CAM_MODELS, "train"), "pseudo_labels": "train", **{f"{m}/pred": "val" for m in SEG_MODELS}}
+SHARDED = {**dict.fromkeys(CAM_MODELS, "train"), SALIENCY: "train", "pseudo_labels": "train",
+           **{f"{m}/pred": "val" for m in SEG_MODELS}}
 # The part of the training split scored beside it (VOC's 1,464-image train list within train_aug).
 SUBSET = "train_subset"
 # The control trains like stage 2 (same start, budget, batch, schedule, inputs), with no transfer
@@ -111,6 +121,35 @@ def threshold_from_cams(dataset):
     return refine.get("threshold") is None and not refine.get("ignore_band")
 
 
+def saliency_source(dataset):
+    """The dataset's saliency source (SALIENCY_SOURCES): folder unless its `saliency` section says otherwise."""
+    return (dataset.get("saliency") or {}).get("source", "folder")
+
+
+def saliency_options(dataset):
+    """The source and the options of `l2g saliency` that the dataset's source reads."""
+    section, source = dataset.get("saliency") or {}, saliency_source(dataset)
+    return {"source": source, **{key: section[key] for key in SALIENCY_OPTIONS[source] if key in section}}
+
+
+def saliency_users(dataset):
+    """The settings of a dataset's run that read the saliency maps, e.g. ['train_l2g.use_saliency: true']."""
+    users = [f"{key}.use_saliency: true" for key, run in l2g_runs(dataset).items() if run.get("use_saliency", True)]
+    if dataset["refine"].get("background") == "saliency":
+        users.append("refine.background: saliency")
+    return users
+
+
+def makes_saliency(dataset):
+    """Whether the run makes its own saliency maps: a source other than folder, and a stage reading them."""
+    return saliency_source(dataset) != "folder" and bool(saliency_users(dataset))
+
+
+def saliency_inputs(dataset, reads=True):
+    """[the saliency product] for a product that `reads` the maps where the run makes them, else []."""
+    return [SALIENCY] if reads and makes_saliency(dataset) else []
+
+
 def cam_folders(dataset):
     """The CAM folders a dataset's run makes: an L2G run's only where the config has that run."""
     return [folder for folder, model in CAM_MODELS.items() if model not in L2G_RUNS or l2g_options(dataset, model)]
@@ -129,16 +168,21 @@ def summary_stages(dataset):
 WITH_NO_CRF = ("pseudo_labels", *SEG_MODELS)
 
 
-def score_names(folders, subset, final=True):
+# How far an experiment's runs go (experiments.NAME.score): the CAM scores, the pseudo labels, DeepLab.
+SCORE_LEVELS = ("cams", "pseudo_labels", "final")
+
+
+def score_names(folders, subset, upto="final"):
     """{name: product} of the scores of a run with CAM folders `folders` (and, with `subset`, each
-    again on splits.train_subset: NAME_train_subset); with `final`, also the pseudo labels, seg (the
-    final miou.json) and supervised, each again as NAME_no_crf (the same file's miou_no_crf)."""
+    again on splits.train_subset: NAME_train_subset) up to `upto` (SCORE_LEVELS): from
+    pseudo_labels, also the pseudo labels; with final, also seg (the final miou.json) and
+    supervised; each again as NAME_no_crf where its file holds miou_no_crf."""
     stages = {folder: f"{folder}/miou" for folder in folders}
-    if final:
+    if upto != "cams":
         stages["pseudo_labels"] = "pseudo_labels/miou"
     if subset:
         stages.update({f"{name}_{SUBSET}": f"{product}_{SUBSET}" for name, product in list(stages.items())})
-    if final:
+    if upto == "final":
         stages.update({model: f"{model}/miou" for model in SEG_MODELS})
     stages.update({f"{name}{NO_CRF}": product for name, product in list(stages.items())
                    if product.split("/")[0] in WITH_NO_CRF})
@@ -171,16 +215,24 @@ def products(dataset):
             "control": (control_options(dataset), data + stage1)}
     for folder in L2G_RUNS:
         if (options := l2g_options(dataset, folder)) is not None:
-            made[folder] = (options, data + stage1)
+            made[folder] = (options, data + stage1 + saliency_inputs(dataset, options.get("use_saliency", True)))
+    if makes_saliency(dataset):  # the maps, from the stage-1 CAMs or by the detector
+        source = ["cls_cams"] if saliency_source(dataset) == "cams" else []
+        made[SALIENCY] = (saliency_options(dataset), data + source)
+    if saliency_users(dataset):  # the maps the run reads, scored against the ground truth
+        made[f"{SALIENCY}/score"] = ({}, data + saliency_inputs(dataset))
     for folder in cam_folders(dataset):
         made[folder] = (dataset["export_cams"], data + [CAM_MODELS[folder]])
         for part in ("", f"_{SUBSET}"):
             made[f"{folder}/miou{part}"] = (dataset.get("evaluate_cams") or {}, data + [folder])
     threshold = ["cams/miou"] if threshold_from_cams(dataset) else []
-    made["pseudo_labels"] = (dataset["refine"], data + ["cams"] + threshold)
+    labels_read = saliency_inputs(dataset, dataset["refine"].get("background") == "saliency")
+    made["pseudo_labels"] = (dataset["refine"], data + ["cams"] + threshold + labels_read)
     cam_scores = [f"{folder}/miou" for folder in cam_folders(dataset)]
+    # the saliency baseline and the maps' score come from the maps the run reads
+    maps = saliency_inputs(dataset) + ([f"{SALIENCY}/score"] if saliency_users(dataset) else [])
     for part in ("", f"_{SUBSET}"):
-        made[f"pseudo_labels/miou{part}"] = ({}, data + ["pseudo_labels", "cams"] + cam_scores)
+        made[f"pseudo_labels/miou{part}"] = ({}, data + ["pseudo_labels", "cams"] + cam_scores + maps)
     seg_start = ["cls"] if dataset["train_seg"].get("init") == "stage1" else []
     made["seg"] = (seg_options(dataset), data + ["pseudo_labels"] + seg_start)
     made["supervised"] = (seg_options(dataset), data + seg_start)
@@ -212,6 +264,8 @@ def product_of(path):
     -> cams/miou, seg/pred/manifest.json -> seg/pred, miou.json (and expectations.md, written beside it by
     the same job) -> seg/miou."""
     parts = path.split("/")
+    if parts == [SALIENCY, "score.json"]:
+        return f"{SALIENCY}/score"
     if len(parts) == 1 and parts[0].startswith(("miou", "expectations")):
         return "seg/miou"
     if parts[0] in SEG_MODELS and len(parts) > 2 and parts[1] in ("logits", "pred"):

@@ -6,16 +6,19 @@ only for the datasets a target reaches, so `snakemake -n` refuses a run that wou
 L2GError with one line naming the dataset's setting and the fix.
 
 Kept free of torch and of image decoding: a dry run must stay fast, so files are only looked at
-(existence, size, first bytes), never loaded.
+(existence, size, first bytes), never loaded. One exception, asked for by the config alone: the
+detector's weights (saliency: {source: detector}) are matched against the package's model class
+(check_detector: a few seconds, names and shapes only), since a wrong file would otherwise stop
+the run at its saliency jobs.
 """
 
 import re
 import struct
 from pathlib import Path
 
-from l2g_core.config import l2g_runs
 from l2g_core.data.layout import IMAGE_DIR, MASK_DIR, SALIENCY_DIR, SPLIT_DIR, VOCLayout
 from l2g_core.errors import L2GError
+from l2g_core.pipeline import makes_saliency, saliency_source, saliency_users
 
 # The first bytes of the weights files a stage can read (torch.load), and of the one it cannot:
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save since torch 1.6 writes a zip archive
@@ -99,22 +102,29 @@ def check_splits(name, dataset, root):
                            f"set splits.{role} to one of them or write the list, one id per line{hint}")
 
 
-def saliency_users(dataset):
-    """The settings of a dataset's run that read the saliency maps, e.g. ['train_l2g.use_saliency: true']."""
-    users = [f"{key}.use_saliency: true" for key, run in l2g_runs(dataset).items() if run.get("use_saliency", True)]
-    if dataset["refine"].get("background") == "saliency":
-        users.append("refine.background: saliency")
-    return users
-
-
 def check_saliency(name, dataset, root):
-    """A run that reads saliency maps has them: else L2G would stop after stage 1 has trained."""
+    """A run that reads ROOT/Sal (source folder) has it: else L2G would stop after stage 1 has
+    trained. Maps the pipeline makes (source cams or detector) need no folder."""
     users = saliency_users(dataset)
     folder = Path(root) / SALIENCY_DIR
-    if users and not folder.is_dir():
+    if users and saliency_source(dataset) == "folder" and not folder.is_dir():
         raise L2GError(f"datasets.{name}: the recipe reads saliency maps ({', '.join(users)}), but {root} has no "
                        f"{SALIENCY_DIR}/ folder; add the maps to {folder}/ (ID.png, 0..255, one per training "
-                       f"image), or set train_l2g: {{use_saliency: false}} with refine: {{background: cam}}")
+                       f"image), let the pipeline make them (saliency: {{source: cams}}, or source detector with "
+                       f"a weights file), or set train_l2g: {{use_saliency: false}} with refine: {{background: cam}}")
+
+
+def check_detector(name, dataset):
+    """The detector's weights file of a run that makes its maps with it: there, a torch file, and
+    the package's model class loads every tensor of it (l2g_core.detector.check_weights). Returns
+    its WeightsReport, or None where the run uses no detector."""
+    if not makes_saliency(dataset) or saliency_source(dataset) != "detector":
+        return None
+    from l2g_core import detector  # torch and the package: only for a run that uses them
+
+    section = dataset["saliency"]
+    return detector.check_weights(section["weights"], section.get("input_size", detector.DEFAULT_INPUT_SIZE),
+                                  f"datasets.{name}.saliency.weights")
 
 
 def check_data(name, dataset, root):

@@ -60,7 +60,10 @@ def test_coco_is_the_voc_recipe_plus_its_differences_and_merges_to_its_full_sett
     assert raw["recipe"] == "voc" and "export_cams" not in raw and len(raw["train_l2g"]) < 20
     merged = validate_config(config)["coco"]
     full = load_yaml(REPO / "tests" / "data" / "coco_section_2026-12-01.yaml")
-    assert set(merged) == set(full) | {"recipe", "expect"}  # expect: coco's own published figure
+    # expect: coco's own published figure; saliency (issue 24, after the snapshot): the official ROOT/Sal maps
+    assert set(merged) == set(full) | {"recipe", "expect", "saliency"}
+    assert merged["saliency"] == {"source": "folder"}
+    assert merged["jobs"]["gpu"].pop("saliency") == 1  # the detector source's GPU, also after the snapshot
     assert merged["expect"] == raw["expect"]  # never voc's
     for section, settings in full.items():
         if not isinstance(settings, dict):

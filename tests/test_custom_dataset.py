@@ -3,9 +3,11 @@ few lines of config (recipe demo), runs to miou.json with its class names everyw
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image, ImageFilter
 
@@ -85,6 +87,36 @@ def test_a_three_class_dataset_runs_to_miou_json_with_its_class_names(tmp_path):
     rows = list(csv.reader((results / "miou.csv").read_text().splitlines()))
     assert [row[0] for row in rows[1:-1]] == names
     assert yaml.safe_load((results / "config.yaml").read_text())["outputs"]["cls"]["settings"]["backbone"] == "small"
+
+
+@pytest.mark.slow
+def test_a_dataset_without_sal_runs_to_miou_json_on_saliency_maps_made_from_its_cams(tmp_path):
+    """Issue 24's done-when: no Sal/, `saliency: {source: cams}`, and L2G reads the pipeline's maps."""
+    root = write_shapes(tmp_path / "shapes", train=12, val=4)
+    shutil.rmtree(root / "Sal")
+    config = tiny_config()
+    config["datasets"].update(yaml.safe_load(USER_CONFIG.format(root=root))["datasets"])
+    config["datasets"]["shapes"].update(jobs={"shards": 2}, train_l2g_no_saliency=None, saliency={"source": "cams"})
+    work = tmp_path / "work"
+    # the report too: its pseudo labels of val images need maps made as the stage made them
+    run_snakemake(work, "--cores", "2", "results/shapes/miou.json", "results/shapes/report/samples.png", config=config)
+    results = work / "results/shapes"
+    maps = (results / "saliency").resolve()
+    ids = (root / "ImageSets/Segmentation/train.txt").read_text().split()
+    assert all((maps / f"{image_id}.png").is_file() for image_id in ids)
+    # L2G's record says where its maps came from: the model file's settings and its log
+    l2g = torch.load(results / "l2g/model.pt", map_location="cpu", weights_only=True)["settings"]["saliency_maps"]
+    assert l2g["dir"] == str(maps) and l2g["source"] == "cams"
+    assert l2g["cams"] == str((results / "cls_cams").resolve())
+    assert f"saliency maps: {maps} (source cams)" in (results / "logs/train_l2g.log").read_text()
+    labels = json.loads((results / "pseudo_labels/manifest.json").read_text())["settings"]["saliency_maps"]
+    assert labels == l2g
+    score = json.loads((results / "pseudo_labels/miou.json").read_text())["saliency_maps"]
+    assert score["maps"] == l2g and 0.0 <= score["f_adaptive"] <= 1.0
+    record = yaml.safe_load((results / "config.yaml").read_text())["outputs"]
+    assert record["l2g"]["inputs"]["saliency"] == "results/shapes"
+    assert record["saliency"]["settings"]["source"] == "cams"
+    assert (results / "report/samples.png").stat().st_size > 0
 
 
 def test_prepare_reads_the_class_names_from_classes_txt_and_refuses_a_value_beyond_them(tmp_path, capsys):

@@ -91,7 +91,7 @@ def test_a_mistake_in_a_variant_is_named_where_it_was_written(config, change, ex
     ({"variants": {"v": {"root": "/data"}}}, "experiments.sweep.variants.v.root: a variant changes the method"),
     ({"variants": {"seed9": {}}}, "experiments.sweep.variants.seed9: a variant name may not start with 'seed'"),
     ({"description": "nothing to sweep"}, "experiments.sweep: "),
-    ({"seeds": [1], "score": "deeplab"}, "experiments.sweep.score: 'deeplab' is not one of final, cams"),
+    ({"seeds": [1], "score": "deeplab"}, "experiments.sweep.score: 'deeplab' is not one of final, cams, pseudo_labels"),
 ])
 def test_the_config_check_refuses_a_bad_experiment_in_one_line(config, experiment, expected):
     config["experiments"]["sweep"] = experiment

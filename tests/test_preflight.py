@@ -171,6 +171,16 @@ def test_without_saliency_maps_the_way_out_the_message_names_passes(voc_dry):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_without_saliency_maps_the_pipeline_makes_them_from_the_cams(voc_dry):
+    """The third way out (issue 24): saliency: {source: cams} needs no Sal/; L2G reads the made maps."""
+    root, work, _ = voc_dry
+    shutil.rmtree(root / "Sal")
+    result = run_snakemake(work, "-n", "-p", "--cores", "1", "--", "results/voc/l2g/model.pt",
+                           config=voc_config(root, saliency={"source": "cams"}), check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rule saliency:" in result.stdout and "--saliency-dir results/voc/saliency" in result.stdout
+
+
 def test_only_a_targeted_dataset_is_checked(voc_dry):
     """A broken voc folder does not stop a run of the demo (as an unset voc root does not)."""
     root, work, _ = voc_dry

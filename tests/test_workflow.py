@@ -65,6 +65,10 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
         assert export["num_images"] == metrics["num_images"] == len(list((results / kind).glob("*.npz")))
     pseudo = json.loads((results / "pseudo_labels/miou.json").read_text())
     assert set(pseudo) >= {"miou", "miou_no_crf", "saliency_baseline", "ignore_band", "per_class_iou"}
+    # the generator's saliency maps, scored as the saliency field scores them, beside the labels
+    assert pseudo["saliency_maps"] == {key: json.loads((results / "saliency/score.json").read_text())[key]
+                                       for key in ("mae", "f_adaptive", "f_max", "maps")}
+    assert pseudo["saliency_maps"]["maps"]["source"] == "folder"
     refine = tiny_config()["datasets"]["demo"]["refine"]
     assert pseudo["background"] == "saliency" and pseudo["ignore_band"] == refine["ignore_band"]
     # the CAMs of every classifier beside the labels and the saliency baseline
@@ -80,7 +84,9 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
     # the second L2G run: train_l2g's settings without saliency
     no_saliency = torch.load(results / "l2g_no_saliency/model.pt", weights_only=True)["settings"]
     assert l2g["use_saliency"] and not no_saliency["use_saliency"] and l2g["crop_layout"] == "corners"
-    assert no_saliency == {**l2g, "use_saliency": False}
+    assert no_saliency == {**l2g, "use_saliency": False, "saliency_maps": None}
+    # the maps L2G read: the generator's (saliency source folder)
+    assert l2g["saliency_maps"] == {"dir": str((results / "data/synthetic/Sal").resolve()), "source": "folder"}
     # DeepLab on the pseudo labels and on the ground truth, with the same budget
     seg = torch.load(results / "seg/model.pt", weights_only=True)
     supervised = torch.load(results / "supervised/model.pt", weights_only=True)

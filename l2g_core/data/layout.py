@@ -4,7 +4,7 @@ The map of every file the stages exchange: docs/data_contracts.md.
 
     ROOT/JPEGImages/ID.jpg                 images
     ROOT/SegmentationClassAug/ID.png       class index per pixel, 255 = ignore (optional)
-    ROOT/Sal/ID.png                        saliency 0..255 (optional)
+    ROOT/Sal/ID.png                        saliency 0..255 (optional; or made by `l2g saliency`)
     ROOT/ImageSets/Segmentation/NAME.txt   split lists (or any .txt path given in the config)
     ROOT/cls_labels.json                   {id: [mask class indices]} (optional; else from masks)
 
@@ -67,12 +67,15 @@ def to_rgb_uint8(image):
 
 
 class VOCLayout:
-    """Paths and loaders of one dataset root in the VOC layout."""
+    """Paths and loaders of one dataset root in the VOC layout; the saliency maps are read from
+    `saliency_dir` where one is given (maps the pipeline made: results/{dataset}/saliency), else
+    from ROOT/Sal."""
 
-    def __init__(self, root):
+    def __init__(self, root, saliency_dir=None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise L2GError(f"{self.root}: dataset root does not exist")
+        self.saliency_dir = Path(saliency_dir) if saliency_dir is not None else self.root / SALIENCY_DIR
 
     def split_path(self, split):
         """A split name (`train_aug`) under ImageSets/Segmentation, or a .txt path."""
@@ -91,10 +94,10 @@ class VOCLayout:
         return self.root / MASK_DIR / f"{image_id}.png"
 
     def saliency_path(self, image_id):
-        return self.root / SALIENCY_DIR / f"{image_id}.png"
+        return self.saliency_dir / f"{image_id}.png"
 
     def has_saliency(self):
-        return (self.root / SALIENCY_DIR).is_dir()
+        return self.saliency_dir.is_dir()
 
     def decoded_size(self, image_id):
         """(width, height) of an image, decoded whole: a truncated or corrupt file fails here."""

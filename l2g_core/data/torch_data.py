@@ -90,13 +90,21 @@ class LabelledImages(Dataset):
     same whatever the worker, order or resumption. Set `epoch` before each epoch.
     """
 
-    def __init__(self, manifest, split, input_size, *, saliency=False, options=ImageOptions(), seed=0):
-        self.layout = VOCLayout(manifest["root"])
+    def __init__(self, manifest, split, input_size, *, saliency=False, saliency_dir=None, options=ImageOptions(),
+                 seed=0):
+        # saliency maps from saliency_dir where given (made by the pipeline), else ROOT/Sal
+        self.layout = VOCLayout(manifest["root"], saliency_dir)
         self.ids = split_ids(manifest, split)
         labels = json.loads(Path(manifest["labels"]).read_text())
         self.labels = [multi_hot(labels[i], manifest["num_classes"]) for i in self.ids]
-        if saliency and not manifest["has_saliency"]:
-            raise L2GError(f"dataset {manifest['name']} has no saliency maps (Sal/); set use_saliency: false")
+        if saliency and not self.layout.has_saliency():
+            raise L2GError(f"dataset {manifest['name']} has no saliency maps ({self.layout.saliency_dir} does not "
+                           f"exist); set use_saliency: false, or saliency: {{source: cams}}")
+        if saliency:  # every map is there before the first epoch, not found missing hours in
+            missing = [i for i in self.ids if not self.layout.saliency_path(i).is_file()]
+            if missing:
+                raise L2GError(f"{self.layout.saliency_path(missing[0])}: saliency map not found "
+                               f"({len(missing)} of {len(self.ids)} training images have none)")
         self.input_size = input_size
         self.saliency = saliency
         self.options = options

@@ -10,6 +10,9 @@ top) and prints one table, a row per check (status ok, warn or FAIL; FAIL: the r
                   the class list (and mask values beyond it)
     SECTION.init  each init file opened and loaded against the network it feeds: keys that load,
                   keys dropped, layers that start fresh
+    saliency.weights
+                  the detector's weights (saliency: {source: detector}) against the package's
+                  model class: the tensors that load
     gpus          the GPUs visible (as `l2g with-gpus` counts them) against jobs.gpu, their free memory
     disk          free space under the results folder against the run's CAM, logits and label files
     recipe ...    each setting that differs from the official recipe (voc; coco for kind coco)
@@ -35,7 +38,7 @@ from l2g_core.data.classes import CLASSES_BY_KIND, CLASSES_FILE
 from l2g_core.data.layout import IGNORE_INDEX, SALIENCY_DIR, VOCLayout, labels_from_mask, read_split_list
 from l2g_core.errors import L2GError
 from l2g_core.parallel import available_cores
-from l2g_core.pipeline import SEG_MODELS, cam_folders
+from l2g_core.pipeline import SEG_MODELS, cam_folders, saliency_source
 
 Row = namedtuple("Row", "check status detail")
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -213,10 +216,17 @@ def folder_rows(name, dataset, root, workers):
              if (layout.root / f).exists()]
     rows = [Row("layout", OK, f"{root}: {', '.join(found)}")]
     users = preflight.saliency_users(dataset)
+    source = saliency_source(dataset)
     try:
         preflight.check_saliency(name, dataset, root)
-        rows.append(Row("saliency", OK, f"read by {', '.join(users)}; {SALIENCY_DIR}/ present" if users else
-                        f"not read by this recipe ({SALIENCY_DIR}/ {'present' if layout.has_saliency() else 'absent'})"))
+        if users and source != "folder":
+            detail = (f"read by {', '.join(users)}; made by the pipeline (saliency: {{source: {source}}}) "
+                      f"into results/{name}/saliency/, {SALIENCY_DIR}/ not read")
+        elif users:
+            detail = f"read by {', '.join(users)}; {SALIENCY_DIR}/ present"
+        else:
+            detail = f"not read by this recipe ({SALIENCY_DIR}/ {'present' if layout.has_saliency() else 'absent'})"
+        rows.append(Row("saliency", OK, detail))
     except L2GError as error:
         rows.append(Row("saliency", FAIL, str(error)))
     try:
@@ -235,7 +245,8 @@ def folder_rows(name, dataset, root, workers):
             rows.append(Row(f"split {role} ({split})", FAIL, str(error)))
             continue
         counts[role] = read_split(layout, ids, stored, len(classes), workers)
-        rows.append(split_row(role, split, counts[role], dataset, len(classes), bool(users) and layout.has_saliency()))
+        reads_folder = bool(users) and source == "folder" and layout.has_saliency()
+        rows.append(split_row(role, split, counts[role], dataset, len(classes), reads_folder))
     return rows, counts, classes
 
 
@@ -358,6 +369,22 @@ def init_rows(name, dataset, num_classes):
     return [init_row(name, key, dataset[key], num_classes + 1) for key in ("train_cls", "train_seg")]
 
 
+def detector_rows(name, dataset):
+    """The detector's weights file (saliency: {source: detector}) against the package's model class,
+    as the workflow checks it before any job: the tensors that load."""
+    try:
+        report = preflight.check_detector(name, dataset)
+    except L2GError as error:
+        return [Row("saliency.weights", FAIL, str(error))]
+    if report is None:
+        return []
+    from l2g_core.detector import package_version
+
+    path = Path(dataset["saliency"]["weights"])
+    return [Row("saliency.weights", OK, f"{path} ({size(path.stat().st_size)}): {report.describe()} "
+                                        f"({package_version()})")]
+
+
 # --- the machine ---------------------------------------------------------------------------------
 
 
@@ -473,6 +500,7 @@ def run(args):
         # without a readable class list, the config's (or the kind's) count sizes DeepLab's head
         num_classes = len(classes or CLASSES_BY_KIND.get(dataset["kind"], dataset.get("classes") or []))
         rows += init_rows(args.dataset, dataset, num_classes)
+        rows += detector_rows(args.dataset, dataset)
         rows += [gpu_row(dataset), disk_row(dataset, counts, num_classes, args.results), *recipe_rows(dataset)]
     print(format_table(rows))
     failed = [row.check for row in rows if row.status == FAIL]

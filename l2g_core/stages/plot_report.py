@@ -10,6 +10,8 @@ Reads a finished results/{dataset} folder (RESULTS) and writes four PNGs into --
                        train images only, so those of the chosen val images are computed here the
                        way the pipeline makes them: the L2G classifier (l2g/model.pt), the scales
                        and flips of cams/manifest.json, the labelling of pseudo_labels/manifest.json
+                       (with saliency maps made by the pipeline, those of the val images made here
+                       as its saliency stage made them: report_saliency)
     loss_curves.png    each model's train_log.csv (cls, l2g, control, seg, supervised)
     run_times.png      seconds per stage from benchmarks/*.tsv (column s), shards of a stage summed
     expectations.png   the run's expectations (config expect:) and their verdicts, from
@@ -147,6 +149,33 @@ def report_cams(model_path, layout, ids, labels, class_names, export_settings, d
             for image_id, maps, classes in cams}
 
 
+def report_saliency(results, layout, ids, labels, class_names, refine, device):
+    """{id: saliency (H, W) in [0, 1], or None} of the val images, as the pseudo-label column needs
+    them: none for background cam; ROOT/Sal's (source folder); or made as the run's saliency stage
+    made its training maps (only those exist), from the settings refine recorded: from the stage-1
+    CAMs computed here (cams) or by the detector (detector)."""
+    from l2g_core.saliency import cams_saliency
+
+    record = refine.get("saliency_maps") or {"source": "folder"}
+    if refine.get("background") != "saliency":
+        return dict.fromkeys(ids)
+    if record["source"] == "folder":
+        return {image_id: layout.load_saliency(image_id) for image_id in ids}
+    if record["source"] == "cams":
+        export = read_result(results / "cls_cams" / "manifest.json")["settings"]
+        cams = report_cams(results / "cls" / "model.pt", layout, ids, labels, class_names, export, device)
+        maps = {i: cams_saliency(layout.load_image(i), cams[i][0], threshold=record["threshold"], power=record["power"],
+                                 crf=record["crf"], crf_params=record["crf_params"]) for i in ids}
+    else:
+        from l2g_core import detector
+        from l2g_core.runtime import setup_runtime
+
+        runtime = setup_runtime(device)
+        model = detector.load_detector(record["weights"]["path"], record["input_size"], runtime.device)
+        maps = {i: detector.predict(model, layout.load_image(i), record["input_size"], runtime.device) for i in ids}
+    return {image_id: saliency.astype(np.float32) / 255.0 for image_id, saliency in maps.items()}
+
+
 def pseudo_label(image, cams, classes, settings, saliency):
     """The label map `l2g refine` makes with the settings of its manifest."""
     from l2g_core.crf import refine_labels
@@ -170,10 +199,11 @@ def grid_rows(results, manifest, labels, ids, device):
     export = read_result(results / "cams" / "manifest.json")["settings"]
     refine = read_result(results / "pseudo_labels" / "manifest.json")["settings"]
     cams = report_cams(results / "l2g" / "model.pt", layout, ids, labels, manifest["class_names"], export, device)
+    maps = report_saliency(results, layout, ids, labels, manifest["class_names"], refine, device)
     rows = []
     for image_id in ids:
         image = layout.load_image(image_id)
-        saliency = layout.load_saliency(image_id) if refine.get("background") == "saliency" else None
+        saliency = maps[image_id]
         image_cams, classes = cams[image_id]
         names = ", ".join(manifest["class_names"][c - 1] for c in classes)
         rows.append((f"{image_id}\n{names}", [

@@ -31,6 +31,7 @@ from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import read_json, write_label_png
 from l2g_core.parallel import available_cores, parallel_map
+from l2g_core.saliency import add_saliency_dir_argument, maps_record
 from l2g_core.shards import describe_shard, parse_shard, shard_ids, start_output, write_manifest
 
 
@@ -53,7 +54,8 @@ def configure(parser):
                              "of refining both labellings and marking where they disagree")
     parser.add_argument("--background", choices=("cam", "saliency"), default="cam",
                         help="cam: background where no CAM exceeds the threshold (official gen_gt.py); "
-                             "saliency: background from the saliency map (Sal/), the CAM names the class")
+                             "saliency: background from the saliency map (--saliency-dir), the CAM names the class")
+    add_saliency_dir_argument(parser, "--background saliency")
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
                         help="refine with the dense CRF; --no-crf writes the plain argmax labels "
                              "(the official L2G gen_gt.py)")
@@ -92,9 +94,9 @@ def background_settings(args):
     return threshold, None
 
 
-def label_one(image_id, *, root, cams_dir, out_dir, num_classes, options, use_saliency):
+def label_one(image_id, *, root, saliency_dir, cams_dir, out_dir, num_classes, options, use_saliency):
     """Label one image; return (file name, size in bytes)."""
-    layout = VOCLayout(root)
+    layout = VOCLayout(root, saliency_dir)
     image = layout.load_image(image_id)
     saliency = layout.load_saliency(image_id) if use_saliency else None
     path = cam_path(cams_dir, image_id)
@@ -121,7 +123,7 @@ def run(args):
         raise L2GError(f"--workers {args.workers}: need at least 1")
     shard = parse_shard(args.shard)  # strided: ids[index-1::count] (l2g_core.shards)
     ids = shard_ids(split_ids(manifest, args.split), shard)
-    layout = VOCLayout(manifest["root"])
+    layout = VOCLayout(manifest["root"], args.saliency_dir)
     for image_id in ids:  # every input is checked before any output is written
         if not cam_path(args.cams, image_id).is_file():
             raise L2GError(f"{cam_path(args.cams, image_id)}: CAM file not found")
@@ -139,10 +141,12 @@ def run(args):
         "threshold": threshold,
         "threshold_from": None if args.threshold_from is None else str(Path(args.threshold_from).resolve()),
         "ignore_band": None if band is None else list(band), "fill_band": args.fill_band, "background": args.background,
+        "saliency_maps": maps_record(layout) if use_saliency else None,
         "crf": args.crf, "crf_params": crf_params if args.crf else None,
         "probabilities": "per-pixel scores (background threshold, CAMs) divided by their sum"}
     # The labels are made from the recorded settings, as score-pseudo-labels and the report remake them.
-    work = partial(label_one, root=str(layout.root), cams_dir=str(args.cams), out_dir=str(out),
+    work = partial(label_one, root=str(layout.root), saliency_dir=str(layout.saliency_dir), cams_dir=str(args.cams),
+                   out_dir=str(out),
                    num_classes=manifest["num_classes"], options=labelling_options(settings), use_saliency=use_saliency)
     workers = min(args.workers, max(1, len(ids)))
     bar = partial(tqdm, total=len(ids), desc="refine", unit="img", mininterval=1.0)

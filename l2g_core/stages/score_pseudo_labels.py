@@ -7,10 +7,12 @@ One pass over the split gives three numbers against the ground truth:
     saliency_baseline
                    foreground from the thresholded saliency map, its class from the CAM argmax,
                    at the best of --saliency-thresholds: what the saliency input of L2G gives
-                   almost for free (only where the dataset has saliency maps)
+                   almost for free (only where the run has saliency maps: --saliency-dir, default
+                   ROOT/Sal)
 and, from `--cam-scores NAME=METRICS_JSON`, the CAM scores of the classifiers beside them
 (`cam_scores`: plain, control, L2G with and without saliency), so one file holds the comparison;
-`expectations`: the verdicts of --expect on these scores (l2g_core.expectations).
+`saliency_maps`: the maps' own score (MAE, F-measure; --saliency-score); `expectations`: the
+verdicts of --expect on these scores (l2g_core.expectations).
 """
 
 from pathlib import Path
@@ -24,8 +26,9 @@ from l2g_core.data.manifest import load_manifest, split_ids
 from l2g_core.errors import L2GError
 from l2g_core.evaluation import accumulate, confusion, label_names, scores, sweep_confusions
 from l2g_core.expectations import add_options, judge_own, report
-from l2g_core.io_utils import write_json
+from l2g_core.io_utils import read_json, write_json
 from l2g_core.parallel import available_cores
+from l2g_core.saliency import add_saliency_dir_argument
 from l2g_core.scoring import check_all_present, load_png, size_error, stage_summary
 from l2g_core.shards import MANIFEST, read_manifest
 
@@ -39,6 +42,9 @@ def configure(parser):
     parser.add_argument("--cams", required=True, help="folder of the CAM files they were made from")
     parser.add_argument("--saliency-thresholds", type=float, nargs="+", default=SALIENCY_THRESHOLDS,
                         help="saliency thresholds swept for the saliency baseline")
+    add_saliency_dir_argument(parser, "the saliency baseline (and background saliency)")
+    parser.add_argument("--saliency-score", metavar="SCORE_JSON",
+                        help="the score of those maps (l2g score-saliency), carried as saliency_maps")
     parser.add_argument("--cam-scores", action="append", default=[], metavar="NAME=METRICS_JSON",
                         help="CAM metrics (l2g evaluate) to report beside the labels (repeatable)")
     parser.add_argument("--out", required=True, help="JSON to write (pseudo_labels/miou.json)")
@@ -54,15 +60,26 @@ def cam_score(item):
     return name, {"miou": summary["miou"], "best_threshold": summary["best_threshold"]}
 
 
+def saliency_score(path):
+    """The maps' score (MAE, F-measure) and record from score-saliency's file, or None."""
+    if path is None:
+        return None
+    score = read_json(path, "saliency score not found")
+    if "mae" not in score or "f_adaptive" not in score:
+        raise L2GError(f"{path}: no mae or f_adaptive; expected the score of l2g score-saliency")
+    return {key: score[key] for key in ("mae", "f_adaptive", "f_max", "maps")}
+
+
 def run(args):
     manifest = load_manifest(args.manifest)
     ids = split_ids(manifest, args.split)
-    layout = VOCLayout(manifest["root"])
+    layout = VOCLayout(manifest["root"], args.saliency_dir)
     names = label_names(manifest["class_names"], manifest["num_classes"] + 1)
     num_labels = len(names)
-    with_saliency = manifest["has_saliency"]
+    with_saliency = layout.has_saliency()
     labels_dir, cams_dir = Path(args.labels), Path(args.cams)
     cam_scores = dict(cam_score(item) for item in args.cam_scores)
+    maps_score = saliency_score(args.saliency_score)
     settings = read_manifest(labels_dir / MANIFEST)["settings"]
     background = settings.get("background", "cam")
     if background == "saliency" and not with_saliency:
@@ -95,7 +112,8 @@ def run(args):
               "ignored_fraction": float(total[0][:, -1].sum() / max(1, total[0].sum())),
               "miou": written["miou"], "per_class_iou": written["per_class_iou"],
               "pixel_accuracy": written["pixel_accuracy"], "miou_no_crf": no_crf["miou"],
-              "per_class_iou_no_crf": no_crf["per_class_iou"], "saliency_baseline": None, "cam_scores": cam_scores}
+              "per_class_iou_no_crf": no_crf["per_class_iou"], "saliency_baseline": None, "cam_scores": cam_scores,
+              "saliency_maps": maps_score}
     if with_saliency:
         sweep = [scores(matrix, names)["miou"] for matrix in total[2:]]
         best = int(np.argmax(sweep))

@@ -2,7 +2,9 @@
 
 `--runs` is a JSON object {run: {"variant": name or null, "seed": int or null, "metrics": {kind:
 path}}}, where a kind is `final` (a run's miou.json: DeepLab and every earlier stage it carries),
-`supervised` (supervised/miou.json) or a CAM folder (`cams`: cams/miou.json). The workflow's rule
+`supervised` (supervised/miou.json), a CAM folder (`cams`: cams/miou.json) or `pseudo_labels`
+(pseudo_labels/miou.json: the labels, the saliency baseline and the saliency maps' score, whose
+F-measure and MAE the tables show x 100 beside the mIoUs). The workflow's rule
 summarize_experiment writes it; each path may be the base dataset's file where the run shares it.
 
 `--expect` (the config's experiments.NAME.expect, l2g_core.expectations) is judged per variant on
@@ -32,6 +34,8 @@ LABELS = {
     "control_cams": "control CAMs",
     "cams": "L2G CAMs",
     "no_saliency_cams": "L2G CAMs without saliency",
+    "saliency_f": "saliency maps: F-measure (adaptive)",
+    "saliency_mae": "saliency maps: MAE",
     "saliency_baseline": "saliency baseline",
     "pseudo_labels_no_crf": "pseudo labels without CRF",
     "pseudo_labels": "pseudo labels",
@@ -75,8 +79,13 @@ def stage_scores(name, stage):
     scores = {name: stage["miou"]}
     if stage.get("miou_no_crf") is not None and stage["miou_no_crf"] != stage["miou"]:
         scores[f"{name}_no_crf"] = stage["miou_no_crf"]
-    if stage.get("saliency_baseline") is not None:  # a number in the stages a miou.json carries
-        scores[name.replace("pseudo_labels", "saliency_baseline")] = stage["saliency_baseline"]
+    baseline = stage.get("saliency_baseline")
+    if baseline is not None:  # a number in the stages a miou.json carries; {miou, ...} in pseudo_labels/miou.json
+        scores[name.replace("pseudo_labels", "saliency_baseline")] = \
+            baseline["miou"] if isinstance(baseline, dict) else baseline
+    maps = stage.get("saliency_maps")  # pseudo_labels/miou.json: the score of the maps the run read
+    if maps is not None:
+        scores.update(saliency_f=maps["f_adaptive"], saliency_mae=maps["mae"])
     return scores
 
 
@@ -118,8 +127,9 @@ def cell(stat):
 
 def markdown(name, dataset, runs, summary):
     variants = summary["variants"]
+    maps = " (the saliency maps' F-measure and MAE x 100)" if "saliency_f" in summary["stages"] else ""
     lines = [f"# Experiment {name} on {dataset}", "",
-             "mIoU in %, mean ± standard deviation over the runs of each variant (n runs).", "",
+             f"mIoU in %{maps}, mean ± standard deviation over the runs of each variant (n runs).", "",
              "| stage | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
     for score, by_variant in summary["stages"].items():
         lines.append(f"| {LABELS.get(score, score)} | " + " | ".join(cell(by_variant.get(v)) for v in variants) + " |")

@@ -20,6 +20,8 @@ from l2g_core.l2g import ROI_ALIGN_MODES, align_global, crop_batch, local_target
 from l2g_core.model_io import save_classifier
 from l2g_core.models import classification_loss
 from l2g_core.runtime import to_device
+from l2g_core.saliency import add_saliency_dir_argument, maps_record
+from l2g_core.shards import MANIFEST
 from l2g_core.training import (
     Trainer,
     add_image_arguments,
@@ -71,6 +73,7 @@ def configure(parser):
                             "or area (the mean of each cell)")
     group.add_argument("--saliency-norm", choices=("max", "none"), default="max",
                        help="divide each saliency map by its maximum (official) or keep it as stored")
+    add_saliency_dir_argument(group, "--use-saliency")
     add_image_arguments(parser)
     add_training_arguments(parser)
 
@@ -141,13 +144,20 @@ def run(args):
     local_net = build_or_load(args, manifest)
     if args.crop_size % global_net.stride:
         raise L2GError(f"--crop-size {args.crop_size} must be a multiple of the feature stride {global_net.stride}")
-    dataset = LabelledImages(manifest, "train", args.input_size, saliency=args.use_saliency, options=images,
-                             seed=settings.seed)
+    dataset = LabelledImages(manifest, "train", args.input_size, saliency=args.use_saliency,
+                             saliency_dir=args.saliency_dir, options=images, seed=settings.seed)
     start = {"init_from": str(Path(args.init_from).resolve())} if args.init_from else \
         {"model": global_net.build_args, "init": args.init}
-    describe = {"stage": "l2g", **start, **{k: getattr(args, k) for k in L2G_OPTIONS}}
+    # where the maps came from (ROOT/Sal, or the pipeline's with their source), recorded with the model
+    maps = maps_record(dataset.layout) if args.use_saliency else None
+    describe = {"stage": "l2g", **start, **{k: getattr(args, k) for k in L2G_OPTIONS}, "saliency_maps": maps}
+    if maps is not None:
+        print(f"saliency maps: {maps['dir']} (source {maps['source']})", flush=True)
+    made_maps = dataset.layout.saliency_dir / MANIFEST  # maps made by the pipeline: new maps, a new run
     trainer = Trainer({"global": global_net, "local": local_net}, dataset, settings, runtime,
-                      Path(args.out).parent, describe, inputs=[args.manifest, args.init_from, init_file(args.init)])
+                      Path(args.out).parent, describe,
+                      inputs=[args.manifest, args.init_from, init_file(args.init),
+                              made_maps if args.use_saliency and made_maps.is_file() else None])
     net_g, net_l = trainer.wrapped["global"], trainer.wrapped["local"]
 
     def step(batch, generator):

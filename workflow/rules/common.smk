@@ -11,10 +11,11 @@ from l2g_core.config import require_root, validate_config
 from l2g_core.errors import L2GError
 from l2g_core.expectations import NO_CRF, STRICT_ENV, entries, margins, ranges
 from l2g_core.experiments import MARK, all_runs, run_settings, split_run
-from l2g_core.preflight import check_data, check_init
-from l2g_core.pipeline import (CAM_MODELS, L2G_RUNS, SEG_MODELS, SHARDED, SUBSET, TRAINED_MODELS, cam_folders,
-                               control_options, expectation_inputs, from_stage1, l2g_options, made_with,
-                               metrics_path, prediction_options, product_of, scored_stages, seg_options,
+from l2g_core.preflight import check_data, check_detector, check_init
+from l2g_core.pipeline import (CAM_MODELS, L2G_RUNS, SALIENCY, SEG_MODELS, SHARDED, SUBSET, TRAINED_MODELS,
+                               cam_folders, control_options, expectation_inputs, from_stage1, l2g_options,
+                               made_with, makes_saliency, metrics_path, prediction_options, product_of,
+                               saliency_options, saliency_source, saliency_users, scored_stages, seg_options,
                                summary_stages, threshold_from_cams)
 from l2g_core.workflow_support import cli_flags, current_outputs, job_environment, record_outputs
 
@@ -173,14 +174,15 @@ def job_setting(kind, rule):
 SLURM = {key: value for key, value in (config.get("slurm") or {}).items() if value}  # profiles/slurm's config:
 
 
-def job_resources(rule):
+def job_resources(rule, gpu=None):
     """A rule's resources: gpu, mem_mb and runtime from the dataset's `jobs`, and where SLURM runs
     the job (the config's `slurm` section, set by profiles/slurm): a job with GPUs in gpu_partition
     and gpu_account, any other in partition and account. With `gres`, the GPUs are asked for as
     --gres=GRES:N (the executor plugin's `gres`) and the `gpu` resource is 0, since the plugin
-    would send --gpus=N beside it, which SLURM rejects; the count then travels as `l2g_gpus`."""
+    would send --gpus=N beside it, which SLURM rejects; the count then travels as `l2g_gpus`.
+    `gpu` (a wildcards function) replaces jobs.gpu.RULE where a rule needs a GPU only sometimes."""
     resources = {kind: job_setting(kind, rule) for kind in ("mem_mb", "runtime")}
-    gpus = job_setting("gpu", rule)
+    gpus = gpu or job_setting("gpu", rule)
     if "gres" in SLURM:
         resources["gpu"] = 0
         resources["l2g_gpus"] = gpus
@@ -301,6 +303,13 @@ def stage2_inputs(wildcards):
     return inputs
 
 
+def l2g_inputs(wildcards):
+    """What an L2G run starts from (stage2_inputs), and the saliency maps where the run makes them
+    and this L2G run reads them."""
+    options = l2g_options(settings(wildcards.dataset), wildcards.l2g) or {}
+    return {**stage2_inputs(wildcards), **made_maps(wildcards.dataset, options.get("use_saliency", True))}
+
+
 def init_from(wildcards, input):
     return f"--init-from {input.init}" if "init" in input.keys() else ""
 
@@ -311,11 +320,13 @@ def weights_input(stage):
 
 
 def refine_inputs(wildcards):
-    """The L2G CAMs and, where refine takes its threshold from them, their scores."""
+    """The L2G CAMs, where refine takes its threshold from them their scores, and the saliency maps
+    where the run makes them and refine reads them."""
+    dataset = settings(wildcards.dataset)
     inputs = {"manifest": MANIFEST(wildcards), "cams": at(wildcards.dataset, "cams/manifest.json")}
-    if threshold_from_cams(settings(wildcards.dataset)):
+    if threshold_from_cams(dataset):
         inputs["metrics"] = at(wildcards.dataset, "cams/miou.json")
-    return inputs
+    return {**inputs, **made_maps(wildcards.dataset, dataset["refine"].get("background") == "saliency")}
 
 
 def refine_background(wildcards, input):
@@ -343,6 +354,76 @@ def seg_source(wildcards, input):
 
 def seg_flags(wildcards):
     return cli_flags(seg_options(settings(wildcards.dataset)))
+
+
+# --- saliency maps (a dataset's saliency: {source}, l2g_core.saliency) ----------------------------
+
+
+def made_maps(dataset, reads=True):
+    """{"saliency": the manifest of the maps the run makes}, for a job that `reads` them; {} where
+    the run reads ROOT/Sal (source folder) or no maps."""
+    return {"saliency": at(dataset, f"{SALIENCY}/manifest.json")} if reads and makes_saliency(settings(dataset)) \
+        else {}
+
+
+def saliency_dir(wildcards, input):
+    """Params function: --saliency-dir of the maps the job reads, where the run makes them (else
+    the command's default, the dataset's ROOT/Sal)."""
+    return f"--saliency-dir {shlex.quote(str(Path(input.saliency).parent))}" if "saliency" in input.keys() else ""
+
+
+_detectors = {}
+
+
+def saliency_inputs(wildcards):
+    """What the saliency job reads: the stage-1 CAMs (source cams) or the detector's weights file,
+    checked once per run before any job (l2g_core.preflight.check_detector)."""
+    name, dataset = wildcards.dataset, settings(wildcards.dataset)
+    if not makes_saliency(dataset):
+        fail(f"datasets.{name}.saliency: this run makes no saliency maps (source {saliency_source(dataset)}, "
+             f"read by {', '.join(saliency_users(dataset)) or 'no stage'})")
+    inputs = {"manifest": MANIFEST(wildcards)}
+    if saliency_source(dataset) == "cams":
+        return {**inputs, "cams": at(name, "cls_cams/manifest.json")}
+    if name not in _detectors:
+        try:
+            _detectors[name] = check_detector(name, dataset)
+        except L2GError as error:
+            fail(error)
+    return {**inputs, "weights": dataset["saliency"]["weights"]}
+
+
+def saliency_source_flags(wildcards, input):
+    """--source, its input (--cams or --weights) and its options from the dataset's saliency section."""
+    options = saliency_options(settings(wildcards.dataset))
+    source = options.pop("source")
+    options.pop("weights", None)  # an input of the job
+    read = f"--cams {shlex.quote(str(Path(input.cams).parent))}" if source == "cams" else \
+        f"--weights {shlex.quote(str(input.weights))}"
+    return f"--source {source} {read} {cli_flags(options)}"
+
+
+def saliency_gpus(wildcards):
+    """jobs.gpu.saliency for the detector (a network); none for the cams source (CPU CRFs)."""
+    return job_setting("gpu", "saliency")(wildcards) if saliency_source(settings(wildcards.dataset)) == "detector" \
+        else 0
+
+
+def saliency_score_inputs(wildcards):
+    """The maps score_saliency scores: the run's own where it makes them, else the dataset's ROOT/Sal."""
+    return {"manifest": MANIFEST(wildcards), **made_maps(wildcards.dataset)}
+
+
+def pseudo_label_maps(wildcards):
+    """The saliency maps score_pseudo_labels reads for its baseline, and their score, where the run
+    reads maps."""
+    if not saliency_users(settings(wildcards.dataset)):
+        return {}
+    return {**made_maps(wildcards.dataset), "saliency_score": at(wildcards.dataset, f"{SALIENCY}/score.json")}
+
+
+def saliency_score_flag(wildcards, input):
+    return f"--saliency-score {input.saliency_score}" if "saliency_score" in input.keys() else ""
 
 
 # --- expectations (config expect:, l2g_core.expectations) ----------------------------------------
@@ -390,10 +471,13 @@ def experiment_metrics(wildcards):
     metrics = {}
     for run in EXPERIMENTS[wildcards.experiment]:
         name = f"{wildcards.dataset}{MARK}{wildcards.experiment}/{run}"
-        if experiment.get("score", "final") == "cams":
-            metrics[run] = {folder: at(name, f"{folder}/miou.json") for folder in cam_folders(settings(name))}
-        else:
+        score = experiment.get("score", "final")
+        if score == "final":
             metrics[run] = {"final": at(name, "miou.json"), "supervised": at(name, "supervised/miou.json")}
+        else:
+            metrics[run] = {folder: at(name, f"{folder}/miou.json") for folder in cam_folders(settings(name))}
+        if score == "pseudo_labels":
+            metrics[run]["pseudo_labels"] = at(name, "pseudo_labels/miou.json")
     return metrics
 
 

@@ -2,7 +2,8 @@
 # config has train_l2g_no_saliency), and the control classifier (trained from where L2G starts, as
 # long as L2G trains, without the transfer loss: an L2G gain is not more training). Stage 2 starts
 # from stage 1's init weights (start: pretrained, official) or from the stage-1 classifier.
-# Each job keeps checkpoint.pt and train_log.csv beside its model: a killed job resumes.
+# Each job keeps checkpoint.pt and train_log.csv beside its model: a killed job resumes. L2G reads
+# the saliency maps of the dataset's source (ROOT/Sal, or the pipeline's: saliency.smk).
 
 
 rule train_cls:
@@ -29,13 +30,14 @@ rule train_cls:
 
 rule train_l2g:
     input:
-        unpack(stage2_inputs),
+        unpack(l2g_inputs),
     output:
         model="results/{dataset}/{l2g}/model.pt",
     wildcard_constraints:
         l2g=one_of(L2G_RUNS),
     params:
         start=init_from,
+        saliency=saliency_dir,
         workers=loader_workers,
         options=l2g_flags,
     conda:
@@ -48,8 +50,8 @@ rule train_l2g:
     resources:
         **job_resources("train_l2g"),
     shell:
-        launch(ddp=True) + "l2g train-l2g --manifest {input.manifest} {params.start} --out {output.model}"
-        " {params.workers} {params.options} > {log} 2>&1"
+        launch(ddp=True) + "l2g train-l2g --manifest {input.manifest} {params.start} {params.saliency}"
+        " --out {output.model} {params.workers} {params.options} > {log} 2>&1"
 
 
 rule train_control:
