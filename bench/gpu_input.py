@@ -24,7 +24,7 @@ import statistics
 import time
 
 from bench.common import voc_sized_dataset
-from bench.loader import PEAKS, UTILISATION, VOC, training_flops
+from bench.loader import PEAKS, UTILISATION, VOC, samples_per_second, training_flops
 from l2g_core.data.manifest import load_manifest
 
 BATCH = {"classifier": 8, "l2g": 3}  # the voc recipe's train_cls and train_l2g batch sizes
@@ -37,18 +37,6 @@ def datasets(manifest, decode):
     options = ImageOptions(resize="short_crop", short_side=VOC["short_side"], decode=decode)
     return {kind: LabelledImages(manifest, "train", VOC["input_size"], saliency=kind == "l2g", options=options)
             for kind in BATCH}
-
-
-def worker_seconds(dataset, rounds):
-    """Median over `rounds` passes of one worker's seconds per sample (__getitem__, every item)."""
-    times = []
-    for epoch in range(rounds):
-        dataset.epoch = epoch
-        start = time.perf_counter()
-        for index in range(len(dataset)):
-            dataset[index]
-        times.append((time.perf_counter() - start) / len(dataset))
-    return statistics.median(times)
 
 
 def raw_batches(dataset, batch, device):
@@ -113,8 +101,8 @@ def measure(ctx, device):
     try:
         figures = {}
         for kind, batch in BATCH.items():
-            cpu_worker = worker_seconds(cpu_sets[kind], rounds)
-            gpu_worker = worker_seconds(gpu_sets[kind], rounds)
+            cpu_worker = 1 / samples_per_second(cpu_sets[kind], rounds)
+            gpu_worker = 1 / samples_per_second(gpu_sets[kind], rounds)
             wall, cpu = device_seconds(gpu_sets[kind], batch, device, rounds)
             largest, mean, saliency = grey_level_difference(cpu_sets[kind], gpu_sets[kind], batch, device)
             figures[kind] = {

@@ -15,7 +15,6 @@ makes its `map` output: the image resized to the input size (PIL bilinear), Imag
 normalisation, the network's min-max stretched sigmoid, resized back (bilinear, corners aligned).
 """
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from l2g_core.errors import L2GError
+from l2g_core.io_utils import file_sha256
 
 PACKAGE = "transparent-background"
 PACKAGE_VERSION = "1.3.4"  # the version the pipeline was tested with (pyproject.toml's pin)
@@ -134,18 +134,10 @@ def load_detector(path, input_size, device, where="--weights"):
     return model.eval().to(device)  # its own to() also moves the pyramid kernels it keeps outside parameters
 
 
-def sha256(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_record(path):
     """What the outputs record of the weights file: its path, size and sha256."""
     path = Path(path).resolve()
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path)}
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def predict(model, image, input_size, device):

@@ -1,6 +1,7 @@
 """Atomic file output: every file appears under its final name only when complete."""
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -98,3 +99,12 @@ def write_gray_png(path, array):
 def write_jpeg(path, rgb, quality=90):
     with atomic_path(path) as tmp:
         Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB").save(tmp, format="JPEG", quality=quality)
+
+
+def file_sha256(path, chunk=1 << 20):
+    """sha256 of a file's bytes, read in chunks (weights files are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

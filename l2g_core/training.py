@@ -35,7 +35,7 @@ from l2g_core.data.augment import IMAGE_STATS, JITTER_FORMULAS
 from l2g_core.data.manifest import load_manifest
 from l2g_core.data.torch_data import DECODE_MODES, RESIZE_MODES, ImageOptions
 from l2g_core.errors import L2GError
-from l2g_core.io_utils import atomic_path, remove_stale_temporaries, write_text
+from l2g_core.io_utils import atomic_path, file_sha256, remove_stale_temporaries, write_text
 from l2g_core.runtime import PRECISIONS, check_precision, seed_everything, setup_runtime
 
 LR_MULTIPLIERS = (1.0, 2.0, 10.0, 20.0)
@@ -193,15 +193,6 @@ def fingerprint(obj):
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def file_digest(path, chunk=1 << 20):
-    """sha256 of a file's bytes: a checkpoint made from other input files must not be resumed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def epoch_order(num_items, seed, epoch, rank=0, world_size=1):
     """The shuffled indices one process visits in one epoch (equal counts across processes).
 
@@ -266,7 +257,7 @@ class Trainer:
         # the process count is part of the run: a resume on another count starts again, and says so
         self.fingerprint = fingerprint({"settings": asdict(settings), "describe": describe,
                                         "world_size": runtime.world_size,
-                                        "inputs": {str(p): file_digest(p) for p in inputs if p}})
+                                        "inputs": {str(p): file_sha256(p) for p in inputs if p}})
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         self.history = []
         self.start_epoch = 0

@@ -12,7 +12,6 @@ import re
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from PIL import Image
 

@@ -80,14 +80,34 @@ def test_saliency_is_informative_but_imperfect(dataset):
     assert (bg > 0.5).mean() > 0.002  # false positives on distractors and clutter
 
 
-def test_heads_are_a_minority_of_each_creature():
+def test_heads_are_a_minority_of_each_creature_and_some_do_not_show():
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    fractions = []
+    for trial in range(60):
         canvas = _Canvas(128, rng)
         canvas.add_creature(1 + trial % NUM_CLASSES, *_random_pose(rng, 128))
-        _, mask, body = canvas.objects[0]
-        head_fraction = 1 - body.sum() / mask.sum()
-        assert 0.05 < head_fraction < 0.4
+        class_index, mask, body = canvas.objects[0]
+        fractions.append(1 - body.sum() / mask.sum())
+        assert (canvas.label[mask] == class_index).all()  # a turned-away creature is still its class
+    shown = [f for f in fractions if f > 0]
+    assert all(0.05 < f < 0.4 for f in shown)
+    assert 0.15 < 1 - len(shown) / len(fractions) < 0.45  # HEADLESS = 0.3 of them show no head
+
+
+def test_distractors_carry_no_class_stripes():
+    """A creature's body is striped (a class cue), a distractor's only blotchy: on the same pose
+    and stream, the body's colours spread far more (version 2's distractors, class bodies, gave
+    a ratio of about 1)."""
+    rng = np.random.default_rng(1)
+    canvas = _Canvas(128, rng)
+    pose = (64.0, 64.0, 0.0, 36.0, 24.0)
+    canvas.add_distractor(*pose)
+    plain = canvas.rgb[canvas.distractors[0]].std(axis=0).mean()
+    canvas = _Canvas(128, np.random.default_rng(1))
+    canvas.add_creature(4, *pose)  # a bee: its stripes run at 90 degrees
+    _, _, body = canvas.objects[0]
+    striped = canvas.rgb[body].std(axis=0).mean()
+    assert striped > 1.3 * plain
 
 
 def test_same_seed_same_bytes_any_worker_count(dataset, tmp_path):

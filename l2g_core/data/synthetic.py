@@ -5,14 +5,19 @@ A creature is an elliptic body with a head at one end:
 
 * the head is the distinctive part: a class-specific shape in a class-specific saturated colour
   with a dark eye. It covers a minority (about a fifth) of the creature's area.
-* the body carries only a weak class cue: a muted hue and a stripe direction and period that
-  depend on the class, with jitter wide enough that neighbouring classes overlap, under pixel noise.
-* a head-less body with the same textures lies in the background of every other image as a
-  distractor, so a body alone is never proof of a class.
+* the body carries a weaker class cue: a muted hue and a stripe direction and period that depend
+  on the class, with jitter wide enough that neighbouring hues overlap, under pixel noise.
+* a share of the creatures (HEADLESS, 0.3) are turned away: only the body shows, and it is still
+  the class (in the masks and the labels), as a cat seen from behind is still a cat. This is what
+  makes the body cue worth learning at all: with a head always in sight, a classifier never
+  needs the body, and no view of it, local or global, can light it up.
+* a head-less body of no class (any hue, blotchy, no stripes) lies in about half of the images
+  as a distractor: it looks like an object to the saliency maps, but carries no class cue.
 
-A classifier trained on image-level labels therefore finds the heads first (plain CAMs light up
-the heads and under-segment the bodies), while a network shown crops without the head must read
-the body cue: the situation L2G is built for.
+A classifier trained on image-level labels therefore finds the heads first (plain CAMs peak on
+the heads and under-segment the bodies of creatures whose head shows), while it has learned the
+body cue from the turned-away ones: a crop without the head, normalised on its own (L2G's local
+view), lights the body up. docs/l2g_method.md tells how the generator came to this (version 3).
 
 Saliency maps imitate an off-the-shelf detector: blurred, with whole objects missed, parts of
 bodies missed and false positives on distractors and clutter.
@@ -35,8 +40,9 @@ from l2g_core.errors import L2GError
 from l2g_core.io_utils import write_gray_png, write_jpeg, write_json, write_label_png, write_text
 from l2g_core.parallel import parallel_map
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SPLIT_STREAMS = {"train": 1, "val": 2}
+HEADLESS = 0.3  # the share of creatures whose head does not show
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,8 @@ class _Canvas:
         r = b * self.rng.uniform(0.55, 0.7)
         hu, hv = u - 0.85 * a, v
         head = _head_mask(hu, hv, creature.head_shape, r)
+        if self.rng.random() < HEADLESS:  # turned away: only the body shows, and it still is the class
+            head = np.zeros_like(head)
         colour = np.asarray(creature.head_rgb, dtype=np.float64) * self.rng.uniform(0.85, 1.1)
         self.rgb[head] = colour + self.rng.normal(0, 10, size=(int(head.sum()), 3))
         eye = np.hypot(hu - 0.2 * r, hv - 0.35 * r) <= max(1.0, 0.18 * r)
@@ -167,8 +175,16 @@ class _Canvas:
         self.objects.append((class_index, mask, body & ~head))
 
     def add_distractor(self, cy, cx, angle, a, b):
-        creature = CREATURES[self.rng.integers(len(CREATURES))]
-        mask, _ = self._body(creature, cy, cx, angle, a, b)
+        """A head-less body of no class: any hue, blotchy, no stripes. (Version 2 painted it with a
+        class's body texture, which taught the classifier that a striped body is no evidence.)"""
+        rng, s = self.rng, self.size
+        u, v = _frame(self.yy, self.xx, cy, cx, angle)
+        mask = (u / a) ** 2 + (v / b) ** 2 <= 1
+        colour = _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.2, 0.6), rng.uniform(0.45, 0.75))
+        blotches = ndimage.gaussian_filter(rng.normal(0, 1, size=(s, s)), sigma=3)
+        shade = 1.0 + 0.2 * blotches / (np.abs(blotches).max() + 1e-6)
+        painted = colour[None, None, :] * shade[..., None] + rng.normal(0, 14, size=(s, s, 3))
+        self.rgb[mask] = painted[mask]
         self._occlude(mask)
         self.label[mask] = 0
         self.distractors.append(mask)
