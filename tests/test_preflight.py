@@ -22,6 +22,7 @@ from l2g_core.errors import L2GError
 from l2g_core.io_utils import write_label_png
 from l2g_core.preflight import sniff_weights
 
+import official_deeplab
 from conftest import run_snakemake, tiny_config
 
 TRAIN, VAL = ["2007_000001", "2007_000002", "2007_000003", "2007_000004"], ["2008_000001", "2008_000002"]
@@ -217,37 +218,6 @@ def resnet38_state_dict():
     return {name: torch.randn(shape, generator=generator) * 0.01 for name, shape in shapes.items()}
 
 
-def deeplab_pytorch_v1_coco_state_dict():
-    """deeplabv1_resnet101-coco.pth's layout, written from deeplab-pytorch's module definitions
-    (libs/models/resnet.py: _Stem, _ResLayer of _Bottleneck(reduce, conv3x3, increase, shortcut),
-    each a _ConvBnReLU {conv, bn}; libs/models/deeplabv1.py: ResNet-101 layers 2..5 of 3, 4, 23, 3
-    blocks and an fc of 91 COCO classes), not from our name map. Small random values."""
-    generator = torch.Generator().manual_seed(0)
-    state = {}
-
-    def conv_bn(prefix, cin, cout, kernel):
-        state[f"{prefix}.conv.weight"] = torch.randn(cout, cin, kernel, kernel, generator=generator) * 0.01
-        for name, value in (("weight", torch.ones(cout)), ("bias", torch.zeros(cout)),
-                            ("running_mean", torch.zeros(cout)), ("running_var", torch.ones(cout))):
-            state[f"{prefix}.bn.{name}"] = value
-        state[f"{prefix}.bn.num_batches_tracked"] = torch.tensor(0)
-
-    conv_bn("layer1.conv1", 3, 64, 7)
-    cin = 64
-    for layer, (blocks, cout) in enumerate(((3, 256), (4, 512), (23, 1024), (3, 2048)), start=2):
-        for block in range(1, blocks + 1):
-            prefix, mid = f"layer{layer}.block{block}", cout // 4
-            conv_bn(f"{prefix}.reduce", cin if block == 1 else cout, mid, 1)
-            conv_bn(f"{prefix}.conv3x3", mid, mid, 3)
-            conv_bn(f"{prefix}.increase", mid, cout, 1)
-            if block == 1:
-                conv_bn(f"{prefix}.shortcut", cin, cout, 1)
-        cin = cout
-    state["fc.weight"] = torch.randn(91, 2048, 1, 1, generator=generator) * 0.01
-    state["fc.bias"] = torch.zeros(91)
-    return state
-
-
 @pytest.fixture(scope="module")
 def doctor_folder(tmp_path_factory):
     """A tiny VOC folder with real images and the voc section's init files in the released layouts."""
@@ -255,7 +225,7 @@ def doctor_folder(tmp_path_factory):
     write_voc_folder(work / "VOC2012")
     voc = tiny_config()["datasets"]["voc"]
     write_torch(work / voc["train_cls"]["init"], resnet38_state_dict())
-    write_torch(work / voc["train_seg"]["init"], deeplab_pytorch_v1_coco_state_dict())
+    write_torch(work / voc["train_seg"]["init"], official_deeplab.DeepLabV1(n_classes=91).state_dict())
     return work
 
 
