@@ -12,7 +12,7 @@ import yaml
 from l2g_core.data.classes import CLASSES_FILE, first_repeated
 from l2g_core.errors import L2GError
 from l2g_core.expectations import other_stage
-from l2g_core.pipeline import CAM_MODELS, DATA_KEYS, l2g_runs, score_names, scored_stages
+from l2g_core.pipeline import CAM_MODELS, DATA_KEYS, SEG_INIT_MODELS, l2g_runs, score_names, scored_stages
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -276,7 +276,11 @@ def check_global_batches(name, dataset):
 
 def check_inits(name, dataset):
     """A real backbone on a real dataset needs its init written out: null would silently train it
-    from random weights (scratch asks for that); DeepLab for COCO must not start from COCO masks."""
+    from random weights (scratch asks for that); only DeepLab can start from a classifier of the run
+    (stage1, l2g), which stage 1 precedes; DeepLab for COCO must not start from COCO masks."""
+    if (init := dataset["train_cls"].get("init")) in SEG_INIT_MODELS:
+        raise L2GError(f"datasets.{name}.train_cls.init: {init} names a classifier this run trains after "
+                       f"stage 1; it is a train_seg init (stage 2 starts from stage 1 with train_l2g.start)")
     if dataset["kind"] != "synthetic":
         for key in ("train_cls", "train_seg"):
             section = dataset[key]

@@ -28,6 +28,9 @@ CAM_MODELS = {"cls_cams": "cls", "control_cams": "control", "cams": "l2g", "no_s
 L2G_RUNS = {"l2g": "train_l2g", "l2g_no_saliency": "train_l2g_no_saliency"}
 # DeepLab on the pseudo labels, and the fully supervised reference on the ground truth.
 SEG_MODELS = ("seg", "supervised")
+# The train_seg inits that name a classifier of the run itself: {init: model folder}. Both DeepLabs
+# (pseudo labels, ground truth) start from it, so the supervised reference stays the same network.
+SEG_INIT_MODELS = {"stage1": "cls", "l2g": "l2g"}
 # {model folder: title} of the trained networks (each writes train_log.csv beside its model).
 TRAINED_MODELS = {
     "cls": "stage 1 classifier (cls)",
@@ -111,8 +114,15 @@ def prediction_options(dataset, network):
 
 
 def seg_options(dataset):
-    """The train_seg options; `init: stage1` is an input (the stage-1 classifier), not an option."""
-    return {key: value for key, value in dataset["train_seg"].items() if not (key == "init" and value == "stage1")}
+    """The train_seg options; an `init` of SEG_INIT_MODELS (stage1, l2g) is an input (that classifier
+    of the run), not an option."""
+    return {key: value for key, value in dataset["train_seg"].items()
+            if not (key == "init" and value in SEG_INIT_MODELS)}
+
+
+def seg_init_model(dataset):
+    """The model folder of the run that train_seg starts from (SEG_INIT_MODELS), or None."""
+    return SEG_INIT_MODELS.get(dataset["train_seg"].get("init"))
 
 
 def threshold_from_cams(dataset):
@@ -233,7 +243,7 @@ def products(dataset):
     maps = saliency_inputs(dataset) + ([f"{SALIENCY}/score"] if saliency_users(dataset) else [])
     for part in ("", f"_{SUBSET}"):
         made[f"pseudo_labels/miou{part}"] = ({}, data + ["pseudo_labels", "cams"] + cam_scores + maps)
-    seg_start = ["cls"] if dataset["train_seg"].get("init") == "stage1" else []
+    seg_start = [folder] if (folder := seg_init_model(dataset)) else []
     made["seg"] = (seg_options(dataset), data + ["pseudo_labels"] + seg_start)
     made["supervised"] = (seg_options(dataset), data + seg_start)
     for model in SEG_MODELS:

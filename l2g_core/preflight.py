@@ -25,13 +25,14 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save since torch 1.6 writes a zip archive
 PICKLE_PROTOCOL = 0x80  # the legacy torch.save format is a pickle, protocol >= 2: opcode PROTO first
 MXNET_MAGIC = 0x112  # MXNet's mx.nd.save: uint64 little-endian list magic (l2g_core/mxnet_params.py)
 
-# `init` values that name no file: random weights, the run's own stage-1 classifier, nothing.
-NO_FILE_INITS = (None, "scratch", "stage1")
+# `init` values that name no file: random weights, a classifier of the run itself (its stage-1
+# classifier, its L2G classifier: DeepLab only), nothing.
+NO_FILE_INITS = (None, "scratch", "stage1", "l2g")
 TORCHVISION_NAME = re.compile(r"[A-Z][A-Z0-9_]*")  # IMAGENET1K_V1, DEFAULT (l2g_core.models.backbones)
 
 
 def init_path(init):
-    """The file an `init` setting names, or None for null, scratch, stage1 or a torchvision name."""
+    """The file an `init` setting names, or None for null, scratch, stage1, l2g or a torchvision name."""
     if init in NO_FILE_INITS or TORCHVISION_NAME.fullmatch(str(init)):
         return None
     return Path(init)

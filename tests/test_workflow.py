@@ -208,6 +208,28 @@ def test_a_null_init_on_voc_is_one_config_error_line(tmp_path):
     assert run_snakemake(tmp_path, "-n", "--cores", "2", "--", "results/voc/miou.json", config=config).returncode == 0
 
 
+
+@pytest.mark.parametrize("init, folder", [("stage1", "cls"), ("l2g", "l2g")])
+def test_both_deeplabs_start_from_the_run_classifier_that_init_names(tmp_path, init, folder):
+    config = tiny_config()
+    config["datasets"]["demo"]["train_seg"]["init"] = init
+    result = run_snakemake(tmp_path, "-n", "-p", "--cores", "2", "--", "results/demo/miou.json",
+                           "results/demo/supervised/miou.json", config=config)
+    commands = [line for line in result.stdout.splitlines() if " l2g train-seg " in line]
+    assert len(commands) == 2  # the pseudo-label DeepLab and the supervised reference
+    for line in commands:
+        assert f" --init results/demo/{folder}/model.pt " in line and f"--init {init}" not in line
+
+
+def test_stage_1_cannot_start_from_a_classifier_it_precedes(tmp_path):
+    config = tiny_config()
+    config["datasets"]["demo"]["train_cls"]["init"] = "l2g"
+    result = run_snakemake(tmp_path, "-n", "--cores", "2", config=config, check=False)
+    lines = [line for line in result.stderr.splitlines() if "config error" in line]
+    assert result.returncode == 1 and lines == [
+        "l2g-pipeline: config error: datasets.demo.train_cls.init: l2g names a classifier this run trains "
+        "after stage 1; it is a train_seg init (stage 2 starts from stage 1 with train_l2g.start)"]
+
 def test_gpu_jobs_claim_distinct_devices_and_a_2_gpu_training_runs_ddp(tmp_path):
     """With two (pretended) GPUs and --resources gpu=2: the 2-GPU training job gets both and runs
     under torchrun; the two export shards of 1 GPU each, running at once, get one device each."""

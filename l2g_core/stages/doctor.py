@@ -38,7 +38,7 @@ from l2g_core.data.classes import CLASSES_BY_KIND, CLASSES_FILE
 from l2g_core.data.layout import IGNORE_INDEX, SALIENCY_DIR, VOCLayout, labels_from_mask, read_split_list
 from l2g_core.errors import L2GError
 from l2g_core.parallel import available_cores
-from l2g_core.pipeline import SEG_MODELS, cam_folders, saliency_source
+from l2g_core.pipeline import SEG_INIT_MODELS, SEG_MODELS, cam_folders, saliency_source
 
 Row = namedtuple("Row", "check status detail")
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -357,8 +357,8 @@ def init_row(name, key, section, num_labels):
                 deeplab_init_row(check, section, num_labels)
     except L2GError as error:
         return Row(check, FAIL, str(error))
-    if init == "stage1":
-        return Row(check, OK, "the run's stage-1 classifier (cls/model.pt)")
+    if init in SEG_INIT_MODELS:
+        return Row(check, OK, f"the run's own classifier ({SEG_INIT_MODELS[init]}/model.pt)")
     if init in (None, "scratch"):
         status = OK if section["backbone"] == "small" else WARN
         return Row(check, status, f"random weights ({init or 'null'}): {section['backbone']} trained from scratch")

@@ -15,7 +15,7 @@ from l2g_core.preflight import check_data, check_detector, check_init
 from l2g_core.pipeline import (CAM_MODELS, L2G_RUNS, SALIENCY, SEG_MODELS, SHARDED, SUBSET, TRAINED_MODELS,
                                cam_folders, control_options, expectation_inputs, from_stage1, l2g_options,
                                made_with, makes_saliency, metrics_path, prediction_options, product_of,
-                               saliency_options, saliency_source, saliency_users, scored_stages, seg_options,
+                               saliency_options, saliency_source, saliency_users, scored_stages, seg_init_model, seg_options,
                                summary_stages, threshold_from_cams)
 from l2g_core.workflow_support import cli_flags, current_outputs, job_environment, record_outputs
 
@@ -335,13 +335,12 @@ def refine_background(wildcards, input):
 
 
 def seg_inputs(wildcards):
-    """The pseudo labels (seg only), the stage-1 classifier when init is `stage1`, the init file."""
+    """The pseudo labels (seg only), the run's classifier that init names (stage1, l2g), the init file."""
     inputs = {"manifest": MANIFEST(wildcards)}
     if wildcards.model == "seg":
         inputs["labels"] = at(wildcards.dataset, "pseudo_labels/manifest.json")
-    init = settings(wildcards.dataset)["train_seg"].get("init")
-    if init == "stage1":
-        inputs["init"] = at(wildcards.dataset, "cls/model.pt")
+    if folder := seg_init_model(settings(wildcards.dataset)):
+        inputs["init"] = at(wildcards.dataset, f"{folder}/model.pt")
     elif weights := init_file(wildcards.dataset, "train_seg"):
         inputs["weights"] = weights
     return inputs
