@@ -204,10 +204,10 @@ def finished_copy(finished_demo, tmp_path):
 
 def test_the_record_beside_the_outputs_keeps_what_an_until_run_did_not_rebuild(finished_copy):
     config = tiny_config()
-    config["datasets"]["demo"]["refine"]["ignore_band"] = [0.2, 0.4]
+    config["datasets"]["demo"]["refine"]["threshold"] = 0.4
     run_snakemake(finished_copy, "--cores", "2", "--until", "train_l2g", "--", "results/demo/miou.json", config=config)
     record = yaml.safe_load((finished_copy / "results/demo/config.yaml").read_text())
-    assert record["outputs"]["pseudo_labels"]["settings"]["ignore_band"] == [0.3, 0.3]  # as it was made
+    assert record["outputs"]["pseudo_labels"]["settings"]["threshold"] == 0.25  # as it was made
     l2g = config["datasets"]["demo"]["train_l2g"]
     assert record["outputs"]["l2g"]["settings"] == {k: v for k, v in l2g.items() if k != "start"}
     assert record["outputs"]["l2g"]["inputs"] == {"data": "results/demo", "cls": "results/demo"}  # start: stage1

@@ -70,7 +70,7 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
                                        for key in ("mae", "f_adaptive", "f_max", "maps")}
     assert pseudo["saliency_maps"]["maps"]["source"] == "folder"
     refine = tiny_config()["datasets"]["demo"]["refine"]
-    assert pseudo["background"] == "saliency" and pseudo["ignore_band"] == refine["ignore_band"]
+    assert pseudo["background"] == refine["background"] == "cam" and pseudo["ignore_band"] is None
     # the CAMs of every classifier beside the labels and the saliency baseline
     assert set(pseudo["cam_scores"]) == {"cls_cams", "control_cams", "cams", "no_saliency_cams"}
     for kind, summary in pseudo["cam_scores"].items():
@@ -87,9 +87,10 @@ def test_the_whole_chain_runs_through_snakemake_in_shards(finished):
     assert no_saliency == {**l2g, "use_saliency": False, "saliency_maps": None}
     # the maps L2G read: the generator's (saliency source folder)
     assert l2g["saliency_maps"] == {"dir": str((results / "data/synthetic/Sal").resolve()), "source": "folder"}
-    # DeepLab on the pseudo labels and on the ground truth, with the same budget
+    # DeepLab on the pseudo labels and on the ground truth, with the same budget and start (init: l2g)
     seg = torch.load(results / "seg/model.pt", weights_only=True)
     supervised = torch.load(results / "supervised/model.pt", weights_only=True)
+    assert seg["settings"]["init"] == supervised["settings"]["init"] == "results/demo/l2g/model.pt"
     assert seg["trained_on"]["labels"] == str((results / "pseudo_labels").resolve())
     assert supervised["trained_on"]["labels"] == "ground truth"
     assert seg["settings"]["iterations"] == supervised["settings"]["iterations"] == 2
@@ -123,7 +124,7 @@ def test_forcing_one_stage_reruns_it_and_everything_after_it_only(finished):
 
 def test_a_changed_setting_reruns_that_stage_and_its_descendants_only(finished):
     config = tiny_config()
-    config["datasets"]["demo"]["refine"]["ignore_band"] = [0.25, 0.4]
+    config["datasets"]["demo"]["refine"]["threshold"] = 0.3
     jobs = planned_jobs(run_snakemake(finished, "-n", "--cores", "2", *FINAL, config=config))
     assert jobs == {"refine": 2, "gather": 2, "score_pseudo_labels": 1, "train_seg": 1, "predict_seg": 2,
                     "label_seg": 2, "score_seg": 1}
