@@ -255,6 +255,8 @@ def test_preflight_accepts_a_root_without_sal_when_the_pipeline_makes_the_maps(t
 
 def test_the_workflow_makes_the_maps_in_shards_and_its_readers_take_them(tmp_path):
     config = demo_with(source="cams", threshold=0.3)
+    # pseudo labels with the saliency's background read the maps too
+    config["datasets"]["demo"]["refine"].update(background="saliency", threshold=None, ignore_band=[0.3, 0.3])
     result = run_snakemake(tmp_path, "-n", "-p", "--cores", "2", "results/demo/miou.json", config=config)
     shell = [line for line in result.stdout.splitlines() if "l2g " in line]
     saliency = [line for line in shell if "l2g saliency" in line]
