@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -66,6 +67,26 @@ def prepare_tiny_dataset(root, train, val=2, size=64):
     assert main(["prepare", "--name", "demo", "--kind", "synthetic", "--root", str(root / "data"),
                  "--split", "train=train", "--split", "val=val", "--out", str(manifest)]) == 0
     return manifest
+
+
+def cams_from_masks(root, peak):
+    """CAMs of every training image of a prepare_tiny_dataset root, written to root/cams: each
+    present class is `peak` on its ground-truth mask, plus uniform noise in [0, 0.3). Returns the
+    VOC layout, the training ids and their labels."""
+    import json
+
+    from l2g_core.cam_io import save_cams
+    from l2g_core.data.layout import VOCLayout
+
+    layout = VOCLayout(root / "data")
+    ids = (root / "prep/train.txt").read_text().split()
+    labels = json.loads((root / "prep/labels.json").read_text())
+    rng = np.random.default_rng(0)
+    for image_id in ids:
+        mask = layout.load_mask(image_id)
+        cams = np.stack([(mask == c) * peak + rng.uniform(0, 0.3, mask.shape) for c in labels[image_id]])
+        save_cams(root / "cams" / f"{image_id}.npz", cams, labels[image_id])
+    return layout, ids, labels
 
 
 # The modules whose tests share the finished demo chain (finished_demo): one xdist worker runs them

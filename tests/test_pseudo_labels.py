@@ -6,28 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from l2g_core.cam_io import cams_to_labels, load_cams, saliency_as_cams, save_cams
+from l2g_core.cam_io import cams_to_labels, load_cams, saliency_as_cams
 from l2g_core.cli import main
-from l2g_core.data.layout import VOCLayout
 from l2g_core.evaluation import confusion, label_names, scores
 
 
-from conftest import prepare_tiny_dataset
+from conftest import cams_from_masks, prepare_tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("pseudo")
     manifest = prepare_tiny_dataset(root, train=8)
-    layout = VOCLayout(root / "data")
-    ids = (root / "prep/train.txt").read_text().split()
-    labels = json.loads((root / "prep/labels.json").read_text())
-    rng = np.random.default_rng(0)
-    for image_id in ids:  # CAMs from the ground truth, blurred by noise
-        mask = layout.load_mask(image_id)
-        classes = labels[image_id]
-        cams = np.stack([(mask == c) * 0.8 + rng.uniform(0, 0.3, mask.shape) for c in classes])
-        save_cams(root / "cams" / f"{image_id}.npz", cams, classes)
+    layout, ids, _ = cams_from_masks(root, peak=0.8)  # CAMs from the ground truth, blurred by noise
     (root / "cams/miou.json").write_text(json.dumps({"best_threshold": 0.5}))
     return root, manifest, layout, ids
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from l2g_core.cam_io import save_cams
 from l2g_core.cli import main
 from l2g_core.config import validate_config
 from l2g_core.data.layout import VOCLayout
@@ -23,7 +22,7 @@ from l2g_core.saliency import cams_saliency
 from l2g_core.saliency_metrics import SaliencyScore, image_scores
 from l2g_core.stages.summarize_experiment import run_scores
 
-from conftest import prepare_tiny_dataset, run_snakemake, tiny_config
+from conftest import cams_from_masks, prepare_tiny_dataset, run_snakemake, tiny_config
 
 
 # --- the metrics, against values worked out by hand ----------------------------------------------
@@ -96,14 +95,7 @@ def prepared(tmp_path_factory):
     """A tiny prepared synthetic dataset with stage-1-like CAMs (the masks, noisy) in cams/."""
     root = tmp_path_factory.mktemp("saliency")
     manifest = prepare_tiny_dataset(root, train=6)
-    layout = VOCLayout(root / "data")
-    ids = (root / "prep/train.txt").read_text().split()
-    labels = json.loads((root / "prep/labels.json").read_text())
-    rng = np.random.default_rng(0)
-    for image_id in ids:
-        mask = layout.load_mask(image_id)
-        cams = np.stack([(mask == c) * 0.7 + rng.uniform(0, 0.3, mask.shape) for c in labels[image_id]])
-        save_cams(root / "cams" / f"{image_id}.npz", cams, labels[image_id])
+    _, ids, _ = cams_from_masks(root, peak=0.7)
     return root, manifest, ids
 
 
