@@ -15,8 +15,8 @@ from l2g_core.preflight import check_data, check_detector, check_init
 from l2g_core.pipeline import (CAM_MODELS, L2G_RUNS, SALIENCY, SEG_MODELS, SHARDED, SUBSET, TRAINED_MODELS,
                                cam_folders, control_options, expectation_inputs, from_stage1, l2g_options,
                                made_with, makes_saliency, metrics_path, prediction_options, product_of,
-                               saliency_options, saliency_source, saliency_users, scored_stages, seg_init_model, seg_options,
-                               summary_stages, threshold_from_cams)
+                               saliency_options, saliency_source, saliency_users, scored_stages, seg_init_model,
+                               seg_options, summary_stages, threshold_from_cams)
 from l2g_core.workflow_support import cli_flags, current_outputs, job_environment, record_outputs
 
 job_environment(workflow.basedir)
