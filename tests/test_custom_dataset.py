@@ -97,6 +97,8 @@ def test_a_dataset_without_sal_runs_to_miou_json_on_saliency_maps_made_from_its_
     config = tiny_config()
     config["datasets"].update(yaml.safe_load(USER_CONFIG.format(root=root))["datasets"])
     config["datasets"]["shapes"].update(jobs={"shards": 2}, train_l2g_no_saliency=None, saliency={"source": "cams"})
+    # the pseudo labels read the maps too (the background from the saliency)
+    config["datasets"]["shapes"]["refine"] = {"background": "saliency", "threshold": None, "ignore_band": [0.3, 0.3]}
     work = tmp_path / "work"
     # the report too: its pseudo labels of val images need maps made as the stage made them
     run_snakemake(work, "--cores", "2", "results/shapes/miou.json", "results/shapes/report/samples.png", config=config)

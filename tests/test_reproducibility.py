@@ -18,19 +18,19 @@ from conftest import prepare_tiny_dataset, tiny_config
 REFINE = tiny_config()["datasets"]["demo"]["refine"]
 CRF_KEYS = ("iterations", "pos_w", "pos_xy_std", "bi_w", "bi_xy_std", "bi_rgb_std")
 CRF = [f"--{key.replace('_', '-')}={REFINE[key]}" for key in CRF_KEYS]
-BAND = [str(v) for v in REFINE["ignore_band"]]
+LABELLING = ["--background", REFINE["background"], "--threshold", str(REFINE["threshold"])]  # the demo's: cam
 
 
 def demo_run(manifest, classifier, out):
     """The demo's stage 1, CAM export (3 scales, flipped), pseudo labels (the demo's background from
-    saliency with the ignore band and its CRF, on) and CAM scores: one `l2g` command each."""
+    the CAMs at its threshold, and its CRF, on) and CAM scores: one `l2g` command each."""
     return [
         ["train-cls", "--manifest", manifest, "--out", f"{out}/cls/model.pt", "--epochs", "1", "--input-size", "64",
          "--batch-size", "4", "--lr", "0.05", "--schedule", "poly", "--seed", "0", "--device", "cpu"],
         ["export-cams", "--manifest", manifest, "--model", classifier, "--out", f"{out}/cams",
          "--scales", "0.5", "1.0", "1.5", "--flip", "--batch-size", "4", "--device", "cpu"],
         ["refine", "--manifest", manifest, "--cams", f"{out}/cams", "--out", f"{out}/pseudo_labels",
-         "--background", "saliency", "--ignore-band", *BAND, "--crf", *CRF, "--workers", "2"],
+         *LABELLING, "--crf", *CRF, "--workers", "2"],
         ["evaluate", "--manifest", manifest, "--split", "train", "--kind", "cam", "--pred", f"{out}/cams",
          "--out", f"{out}/cams/miou.json"],
     ]
@@ -89,7 +89,7 @@ def test_settings_and_versions_are_stored_beside_the_outputs(tmp_path):
     assert cams["settings"]["scales"] == [0.5, 1.0, 1.5] and cams["settings"]["flip"] is True
     labels = json.loads((tmp_path / "run" / "pseudo_labels" / "manifest.json").read_text())
     assert labels["versions"] == versions
-    assert labels["settings"]["ignore_band"] == REFINE["ignore_band"] and labels["settings"]["crf"] is True
+    assert labels["settings"]["threshold"] == REFINE["threshold"] and labels["settings"]["crf"] is True
     assert labels["settings"]["crf_params"] == {key: REFINE[key] for key in CRF_KEYS}
     # the dataset manifest records the l2g version
     assert json.loads(manifest.read_text())["l2g_version"] == versions["l2g"]
