@@ -69,6 +69,21 @@ def prepare_tiny_dataset(root, train, val=2, size=64):
     return manifest
 
 
+# A one-epoch stage-1 run on a tiny dataset of 64 px images: seconds on a CPU.
+TINY_CLS_OPTIONS = ("--input-size", "64", "--batch-size", "4", "--lr", "0.01", "--epochs", "1")
+
+
+def tiny_classifier(root, *options, train=8, val=2):
+    """A prepare_tiny_dataset under root and a classifier trained on it for one epoch (TINY_CLS_OPTIONS,
+    then `options`) in root/cls/model.pt; returns (manifest, model)."""
+    from l2g_core.cli import main
+
+    manifest = prepare_tiny_dataset(root, train=train, val=val)
+    model = root / "cls" / "model.pt"
+    assert main(["train-cls", "--manifest", str(manifest), "--out", str(model), *TINY_CLS_OPTIONS, *options]) == 0
+    return manifest, model
+
+
 def cams_from_masks(root, peak):
     """CAMs of every training image of a prepare_tiny_dataset root, written to root/cams: each
     present class is `peak` on its ground-truth mask, plus uniform noise in [0, 0.3). Returns the

@@ -13,7 +13,7 @@ from l2g_core.cli import main
 from l2g_core.model_io import load_classifier
 from l2g_core.models import build_classifier
 
-from conftest import prepare_tiny_dataset
+from conftest import tiny_classifier
 
 
 def test_cam_file_round_trip_keeps_only_the_given_classes(tmp_path):
@@ -47,10 +47,7 @@ def test_batched_flipped_scales_equal_one_image_at_a_time():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    manifest = prepare_tiny_dataset(root, train=10)
-    model = root / "cls/model.pt"
-    assert main(["train-cls", "--manifest", str(manifest), "--out", str(model), "--input-size", "64",
-                 "--epochs", "1", "--batch-size", "4", "--lr", "0.01"]) == 0
+    manifest, model = tiny_classifier(root, train=10)
     return root, manifest, model
 
 

@@ -27,7 +27,7 @@ from l2g_core.cli import main
 from l2g_core.io_utils import write_json
 from l2g_core.workflow_support import cli_flags
 
-from conftest import BIN, REPO, prepare_tiny_dataset, run_snakemake, tiny_config
+from conftest import BIN, REPO, run_snakemake, tiny_classifier, tiny_config
 
 KILLER = r"""
 import io, os, signal, sys
@@ -83,12 +83,7 @@ def killed(target, call, sig, when, argv):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A prepared tiny dataset (6 training images of 64 px) and a classifier trained on it."""
-    root = tmp_path_factory.mktemp("kill")
-    manifest = prepare_tiny_dataset(root, train=6, val=2)
-    classifier = root / "cls" / "model.pt"
-    assert main(["train-cls", "--manifest", str(manifest), "--out", str(classifier), "--epochs", "1",
-                 "--input-size", "64", "--batch-size", "4", "--lr", "0.01"]) == 0
-    return manifest, classifier
+    return tiny_classifier(tmp_path_factory.mktemp("kill"), train=6, val=2)
 
 
 def same_files(folder_a, folder_b, pattern):

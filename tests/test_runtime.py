@@ -18,7 +18,7 @@ from l2g_core.runtime import setup_runtime
 from l2g_core.stages import export_cams, predict_seg
 from l2g_core.training import start_training
 
-from conftest import REPO, prepare_tiny_dataset
+from conftest import REPO, tiny_classifier
 
 CLS_OPTIONS = ["--input-size", "64", "--batch-size", "4", "--lr", "0.01", "--epochs", "1", "--seed", "1"]
 
@@ -70,12 +70,7 @@ def test_cudnn_searches_kernels_only_for_fixed_training_shapes(fake_cuda):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny dataset and a classifier trained one epoch with --precision tf32 (on the CPU)."""
-    root = tmp_path_factory.mktemp("runtime")
-    manifest = prepare_tiny_dataset(root, train=8, val=2)
-    model = root / "cls" / "model.pt"
-    assert main(["train-cls", "--manifest", str(manifest), "--out", str(model), "--precision", "tf32",
-                 "--device", "cpu", *CLS_OPTIONS]) == 0
-    return manifest, model
+    return tiny_classifier(tmp_path_factory.mktemp("runtime"), "--seed", "1", "--precision", "tf32", "--device", "cpu")
 
 
 def test_the_precision_reaches_the_model_file_and_the_cam_manifest(trained, tmp_path):
