@@ -18,16 +18,16 @@ from pathlib import Path
 
 from l2g_core.data.layout import IMAGE_DIR, MASK_DIR, SALIENCY_DIR, SPLIT_DIR, VOCLayout
 from l2g_core.errors import L2GError
-from l2g_core.pipeline import makes_saliency, saliency_source, saliency_users
+from l2g_core.pipeline import SEG_INIT_MODELS, makes_saliency, saliency_source, saliency_users
 
 # The first bytes of the weights files a stage can read (torch.load), and of the one it cannot:
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save since torch 1.6 writes a zip archive
 PICKLE_PROTOCOL = 0x80  # the legacy torch.save format is a pickle, protocol >= 2: opcode PROTO first
 MXNET_MAGIC = 0x112  # MXNet's mx.nd.save: uint64 little-endian list magic (l2g_core/mxnet_params.py)
 
-# `init` values that name no file: random weights, a classifier of the run itself (its stage-1
-# classifier, its L2G classifier: DeepLab only), nothing.
-NO_FILE_INITS = (None, "scratch", "stage1", "l2g")
+# `init` values that name no file: random weights, a classifier of the run itself (SEG_INIT_MODELS:
+# its stage-1 or L2G classifier, DeepLab only), nothing.
+NO_FILE_INITS = (None, "scratch", *SEG_INIT_MODELS)
 TORCHVISION_NAME = re.compile(r"[A-Z][A-Z0-9_]*")  # IMAGENET1K_V1, DEFAULT (l2g_core.models.backbones)
 
 

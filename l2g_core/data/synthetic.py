@@ -138,11 +138,15 @@ class _Canvas:
             rgb[mask] = 0.5 * rgb[mask] + 0.5 * colour
         return rgb
 
+    def _ellipse(self, cy, cx, angle, a, b):
+        """The mask of an elliptic body (half-axes a along the angle, b across) and its frame."""
+        u, v = _frame(self.yy, self.xx, cy, cx, angle)
+        return (u / a) ** 2 + (v / b) ** 2 <= 1, (u, v)
+
     def _body(self, creature, cy, cx, angle, a, b):
         """Paint a body with the class's weak cue; return its mask and frame."""
         rng, s = self.rng, self.size
-        u, v = _frame(self.yy, self.xx, cy, cx, angle)
-        mask = (u / a) ** 2 + (v / b) ** 2 <= 1
+        mask, (u, v) = self._ellipse(cy, cx, angle, a, b)
         hue = creature.body_hue + rng.normal(0, 10)
         colour = _hsv_to_rgb(hue, rng.uniform(0.35, 0.6), rng.uniform(0.45, 0.75))
         # Stripes run in a class direction of the image (not of the body), so a patch of body
@@ -178,8 +182,7 @@ class _Canvas:
         """A head-less body of no class: any hue, blotchy, no stripes. (Version 2 painted it with a
         class's body texture, which taught the classifier that a striped body is no evidence.)"""
         rng, s = self.rng, self.size
-        u, v = _frame(self.yy, self.xx, cy, cx, angle)
-        mask = (u / a) ** 2 + (v / b) ** 2 <= 1
+        mask, _ = self._ellipse(cy, cx, angle, a, b)
         colour = _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.2, 0.6), rng.uniform(0.45, 0.75))
         blotches = ndimage.gaussian_filter(rng.normal(0, 1, size=(s, s)), sigma=3)
         shade = 1.0 + 0.2 * blotches / (np.abs(blotches).max() + 1e-6)
