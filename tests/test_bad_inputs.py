@@ -21,10 +21,9 @@ from l2g_core.data.layout import VOCLayout
 from l2g_core.errors import L2GError
 from l2g_core.io_utils import write_label_png
 
-from conftest import BIN, run_snakemake, tiny_config
+from conftest import BIN, TINY_CLS_OPTIONS, run_snakemake, tiny_config
 
 ID = "train_00001"  # the image each bad input is made of
-CLS_OPTIONS = ["--epochs", "1", "--input-size", "64", "--batch-size", "4", "--lr", "0.01"]
 L2G_OPTIONS = ["--epochs", "1", "--input-size", "64", "--crop-size", "32", "--num-crops", "4", "--batch-size", "2",
                "--lr", "0.01"]
 
@@ -37,7 +36,7 @@ def base(tmp_path_factory):
                  "--workers", "1"]) == 0
     assert prepare(root / "data", root / "prep") == 0
     assert main(["train-cls", "--manifest", str(root / "prep" / "manifest.json"),
-                 "--out", str(root / "cls" / "model.pt"), *CLS_OPTIONS]) == 0
+                 "--out", str(root / "cls" / "model.pt"), *TINY_CLS_OPTIONS]) == 0
     return root
 
 
@@ -221,7 +220,7 @@ CHECKPOINT_CASES = {
         ["seg/model.pt", "not a model written by l2g train-cls / train-l2g"]),
     "train-cls, init weights of another backbone": (
         "train-cls", lambda b, f, out: ["--backbone", "resnet50", "--init", str(b / "cls" / "model.pt"),
-                                        "--out", str(out / "model.pt"), *CLS_OPTIONS],
+                                        "--out", str(out / "model.pt"), *TINY_CLS_OPTIONS],
         ["cls/model.pt", "parameter conv1.weight", "missing from the checkpoint"]),
     "predict-seg, a classifier": (
         "predict-seg", lambda b, f, out: ["--model", str(b / "cls" / "model.pt"), "--out", str(out)],
@@ -290,7 +289,7 @@ def test_snakemake_refuses_a_negative_learning_rate_before_running_anything(tmp_
 
 
 BAD_OPTIONS = {
-    "negative learning rate": ("train-cls", ["--out", "{out}/model.pt", *CLS_OPTIONS, "--lr", "-0.1"],
+    "negative learning rate": ("train-cls", ["--out", "{out}/model.pt", *TINY_CLS_OPTIONS, "--lr", "-0.1"],
                                ["--lr must be positive, got -0.1"]),
     "zero crops": ("train-l2g", ["--init-from", "{cls}", "--out", "{out}/model.pt", *L2G_OPTIONS, "--num-crops", "0"],
                    ["--num-crops must be at least 1, got 0"]),

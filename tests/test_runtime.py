@@ -18,9 +18,10 @@ from l2g_core.runtime import setup_runtime
 from l2g_core.stages import export_cams, predict_seg
 from l2g_core.training import start_training
 
-from conftest import REPO, tiny_classifier
+from conftest import REPO, TINY_CLS_OPTIONS, tiny_classifier
 
-CLS_OPTIONS = ["--input-size", "64", "--batch-size", "4", "--lr", "0.01", "--epochs", "1", "--seed", "1"]
+SEED = ("--seed", "1")
+CLS_OPTIONS = [*TINY_CLS_OPTIONS, *SEED]
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +71,7 @@ def test_cudnn_searches_kernels_only_for_fixed_training_shapes(fake_cuda):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny dataset and a classifier trained one epoch with --precision tf32 (on the CPU)."""
-    return tiny_classifier(tmp_path_factory.mktemp("runtime"), "--seed", "1", "--precision", "tf32", "--device", "cpu")
+    return tiny_classifier(tmp_path_factory.mktemp("runtime"), *SEED, "--precision", "tf32", "--device", "cpu")
 
 
 def test_the_precision_reaches_the_model_file_and_the_cam_manifest(trained, tmp_path):
